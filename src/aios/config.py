@@ -1,0 +1,162 @@
+"""Kernel configuration: pydantic models, built in code or read from TOML + environment.
+
+Unknown keys are errors (a typo must not be silently ignored), and every error names the
+dotted key that is wrong. Environment overrides use ``AIOS_`` plus the dotted path with
+``__`` as separator, e.g. ``AIOS_SCHEDULER__POLICY=las``; values are parsed as JSON when
+they parse, else taken as strings. This module must never start anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aios.errors import ConfigError
+
+__all__ = ["KernelConfig", "LLMConfig", "SchedulerConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchedulerConfig(_Strict):
+    policy: str = "fifo"
+    """Name of a policy in the ``aios.schedulers`` entry-point group."""
+    time_slice_ms: float = Field(default=200.0, gt=0)
+    """Round-robin time slice (``rr``)."""
+    aging_tokens_per_s: float = Field(default=200.0, ge=0)
+    """``las``: how fast a waiting syscall's attained service is forgiven (tokens/s)."""
+    preempt: bool = True
+    """Stop the least urgent running generation when a more urgent class waits."""
+    fair_by: Literal["group", "agent"] = "group"
+    """``fair``: count virtual tokens per process group or per agent."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Extra options for third-party policies."""
+
+
+class LLMConfig(_Strict):
+    name: str = "default"
+    backend: str = "sim"
+    """Name of a backend in the ``aios.llm_backends`` entry-point group."""
+    model: str = ""
+    base_url: str | None = None
+    api_key: str | None = None
+    max_concurrency: int = Field(default=8, ge=1)
+    """How many generations the engine itself runs at once (its batch slots)."""
+    window: int | None = Field(default=None, ge=1)
+    """The kernel's admission window. Default: ``max_concurrency`` plus headroom, so the
+    engine's batch stays full during hand-overs."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    priority_passthrough: Literal["off", "lower_first", "higher_first"] = "off"
+    """Send the syscall's priority to the server (vLLM: lower_first, SGLang: higher_first)."""
+    supports_continuation: bool = False
+    """The server continues a final assistant message (vLLM ``continue_final_message``)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Backend-specific options (sim engine parameters, GGUF path, n_ctx...)."""
+
+    @property
+    def effective_window(self) -> int:
+        if self.window is not None:
+            return self.window
+        return self.max_concurrency + max(1, self.max_concurrency // 4)
+
+
+class KernelConfig(_Strict):
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    llm: list[LLMConfig] = Field(default_factory=list)
+    state_path: str | None = None
+    """SQLite state database; ``None`` keeps it in memory for the kernel's lifetime."""
+    autoload_plugins: bool = True
+    """Discover plugins through entry points. Off: only ``extra_plugins`` are known."""
+    on_exit: Literal["cancel", "wait"] = "cancel"
+    """Leaving ``async with Kernel()``: cancel running agents, or wait for them."""
+    checkpoint_kv_cap_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    log_format: Literal["console", "json", "structlog", "off"] = "off"
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @model_validator(mode="after")
+    def _unique_llm_names(self) -> KernelConfig:
+        names = [c.name for c in self.llm]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate llm names: {sorted(dup)}")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KernelConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def from_toml(
+        cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    ) -> KernelConfig:
+        """Read a TOML file, apply ``AIOS_*`` environment overrides, validate."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        apply_env_overrides(data, os.environ if env is None else env)
+        return cls.from_dict(data)
+
+
+def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Apply ``AIOS_A__B=value`` overrides in place (``llm`` entries by index: LLM__0__MODEL)."""
+    for name, raw in env.items():
+        if not name.startswith("AIOS_") or name == "AIOS_CONFIG":
+            continue
+        path = name[5:].lower().split("__")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(node, list):
+                idx = _index(part, name)
+                while len(node) <= idx:
+                    node.append({})
+                node = node[idx]
+            else:
+                node = node.setdefault(part, [] if nxt.isdigit() else {})
+        last = path[-1]
+        if isinstance(node, list):
+            idx = _index(last, name)
+            while len(node) <= idx:
+                node.append({})
+            node[idx] = value
+        else:
+            node[last] = value
+
+
+def _index(part: str, var: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"environment variable {var}: expected a list index, got {part!r}")
+    return int(part)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    problems = []
+    first_key = None
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        first_key = first_key or key
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{key}: {msg}")
+    return ConfigError("invalid config: " + "; ".join(problems), key=None) if len(
+        problems
+    ) > 1 else ConfigError(problems[0].split(": ", 1)[1], key=first_key)

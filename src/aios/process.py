@@ -1,0 +1,175 @@
+"""Processes: the kernel's handle on a running agent, and its public snapshot.
+
+A :class:`Process` is created by ``Kernel.spawn``; agents never construct one. All of its
+counters are updated by the kernel's syscall path; this module must never await a
+resource or touch the scheduler's internals beyond telling it about state changes.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from aios.errors import KernelClosedError, ProcessError, ProcessKilled
+
+if TYPE_CHECKING:
+    from aios.kernel import Kernel
+    from aios.scheduler.policy import Entry
+    from aios.scheduler.queue import ResourceQueue
+
+__all__ = ["Process", "ProcessInfo", "ProcessState"]
+
+T = TypeVar("T")
+
+
+class ProcessState(StrEnum):
+    RUNNING = "running"      # executing agent code
+    WAITING = "waiting"      # blocked in a syscall (queued or being served)
+    SUSPENDED = "suspended"
+    DONE = "done"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ProcessState.DONE, ProcessState.FAILED, ProcessState.KILLED)
+
+
+class ProcessInfo(BaseModel):
+    """A snapshot of one process, as ``kernel.ps()`` and ``proc.info()`` return it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    name: str
+    group: str
+    state: ProcessState
+    priority: int
+    tokens_in: int
+    tokens_out: int
+    service_s: float
+    """Seconds its syscalls spent admitted to a resource (being served)."""
+    wait_s: float
+    """Seconds its syscalls spent queued, waiting for admission."""
+    context_switches: int
+    syscalls: int
+    started_at: float
+    ended_at: float | None
+    error: str | None = None
+
+
+class Process(Generic[T]):
+    """Handle on a spawned agent. ``await proc.wait()`` gives its return value."""
+
+    def __init__(self, kernel: Kernel, pid: int, name: str, group: str, priority: int) -> None:
+        self._kernel = kernel
+        self.pid = pid
+        self.name = name
+        self.group = group
+        self.priority = priority
+        self.state = ProcessState.RUNNING
+        self.suspended = False
+        self.attained = 0.0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.service_s = 0.0
+        self.wait_s = 0.0
+        self.context_switches = 0
+        self.syscalls = 0
+        self.in_syscall = 0
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.entries: dict[Entry, ResourceQueue] = {}
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+        self._resumed = anyio.Event()
+        self._resumed.set()
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._kill_requested = False
+
+    def __repr__(self) -> str:
+        return f"<Process pid={self.pid} name={self.name!r} state={self.state.value}>"
+
+    async def wait(self) -> T:
+        """Wait for the agent to end; return its result or re-raise its exception."""
+        await self._done.wait()
+        if self.state is ProcessState.KILLED:
+            raise ProcessKilled(self.pid, self.name)
+        if self._exc is not None:
+            raise self._exc
+        return self._result  # type: ignore[no-any-return]
+
+    @property
+    def done(self) -> bool:
+        return self.state.finished
+
+    def kill(self) -> None:
+        """Cancel the agent. Its in-flight syscalls end (cancelled); ``wait()`` raises
+        :class:`aios.ProcessKilled`. Killing a finished process does nothing."""
+        if self.state.finished:
+            return
+        self._kill_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def suspend(self) -> None:
+        """Stop dispatching this process's syscalls until :meth:`resume`.
+
+        Its queued syscalls stay queued; a running generation that can be preempted
+        yields at the next token boundary and waits, checkpointed.
+        """
+        self._check_alive("suspend")
+        if self.suspended:
+            return
+        self.suspended = True
+        self.state = ProcessState.SUSPENDED
+        self._resumed = anyio.Event()
+        self._kernel._on_suspend(self)
+
+    def resume(self) -> None:
+        self._check_alive("resume")
+        if not self.suspended:
+            return
+        self.suspended = False
+        self.state = ProcessState.WAITING if self.in_syscall else ProcessState.RUNNING
+        self._resumed.set()
+        self._kernel._on_resume(self)
+
+    def set_priority(self, priority: int) -> None:
+        """Change the priority (lower runs first); applies to queued syscalls at once."""
+        self._check_alive("set_priority")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ProcessError(f"priority must be an int, got {priority!r}")
+        self.priority = priority
+        self._kernel._on_priority(self)
+
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(
+            pid=self.pid,
+            name=self.name,
+            group=self.group,
+            state=self.state,
+            priority=self.priority,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            service_s=self.service_s,
+            wait_s=self.wait_s,
+            context_switches=self.context_switches,
+            syscalls=self.syscalls,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            error=None if self._exc is None else f"{type(self._exc).__name__}: {self._exc}",
+        )
+
+    def _check_alive(self, what: str) -> None:
+        if self.state.finished:
+            raise ProcessError(
+                f"cannot {what} process {self.pid} ({self.name}): it is {self.state.value}"
+            )
+        if self._kernel._closed:
+            raise KernelClosedError(f"cannot {what} process {self.pid}: the kernel is closed")

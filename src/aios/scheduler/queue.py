@@ -1,0 +1,191 @@
+"""ResourceQueue: one resource's waiting syscalls, admission window and preemption.
+
+The queue is a gate, not a worker: a syscall's own task waits here for admission, then
+runs the resource call itself and releases its slot when done. No task, thread or timer
+exists per syscall, and dispatch happens synchronously at the moment a slot frees.
+
+It must never await while holding its state inconsistent: every method here is
+synchronous except :meth:`acquire`, whose only await is the wake-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import anyio
+
+from aios.scheduler.policy import Entry, EntryState, Schedulable, SchedulingPolicy
+
+__all__ = ["ResourceQueue"]
+
+
+class ResourceQueue:
+    """Priority queue + admission window for one resource (e.g. ``llm:default``)."""
+
+    def __init__(
+        self,
+        name: str,
+        window: int,
+        policy: SchedulingPolicy,
+        *,
+        preempt: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        on_wait: Callable[[Entry, float], None] | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"admission window of {name} must be >= 1, got {window}")
+        self.name = name
+        self.window = window
+        self.policy = policy
+        self.preempt_enabled = preempt
+        self.clock = clock
+        self.running: set[Entry] = set()
+        self._parked: dict[int, list[Entry]] = {}
+        self._seq = 0
+        self._on_wait = on_wait
+        # counters
+        self.admitted = 0
+        self.max_running = 0
+
+    # -- the agent side ---------------------------------------------------------------
+
+    def new_entry(self, proc: Schedulable, syscall_id: str, priority: int,
+                  *, preemptible: bool = False) -> Entry:
+        entry = Entry(proc, syscall_id, priority, preemptible=preemptible)
+        self._seq += 1
+        entry.seq = self._seq
+        return entry
+
+    async def acquire(self, entry: Entry) -> None:
+        """Wait until ``entry`` is admitted (a slot is its own). Cancellation-safe."""
+        entry.preempt = False
+        entry.enqueued_at = now = self.clock()
+        if not len(self.policy) and len(self.running) < self.window and not entry.proc.suspended:
+            self._admit(entry, now)  # fast path: nobody waits, a slot is free
+            return
+        entry.state = EntryState.WAITING
+        self._seq += 1
+        entry.push_seq = self._seq
+        entry.event = event = anyio.Event()
+        if entry.proc.suspended:
+            self._parked.setdefault(entry.proc.pid, []).append(entry)
+        else:
+            self.policy.push(entry, now)
+            self._preempt_for(entry)
+            self._dispatch()
+        try:
+            await event.wait()
+        except BaseException:
+            # Cancelled while waiting, or right after being admitted: give back
+            # whatever we hold so that no slot and no heap entry leaks.
+            if entry.state is EntryState.RUNNING:
+                self.release(entry, 0.0)
+            elif entry.state is EntryState.WAITING:
+                self._forget(entry)
+            raise
+
+    def release(self, entry: Entry, service: float) -> None:
+        """``entry`` stopped running (done, failed or preempted) after ``service`` tokens."""
+        if entry.state is not EntryState.RUNNING:
+            return
+        self.running.discard(entry)
+        entry.state = EntryState.DONE
+        self.policy.on_release(entry, service)
+        self._dispatch()
+
+    def should_yield(self, entry: Entry, now: float) -> bool:
+        """Checked by the running syscall at each token boundary."""
+        if entry.preempt:
+            return True
+        ts = self.policy.time_slice_s
+        return ts is not None and now - entry.run_started >= ts and len(self.policy) > 0
+
+    # -- the dispatch loop ------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Admit waiting entries while the window has room.
+
+        Invariant on return: ``len(running) <= window``, and either the window is full or
+        no dispatchable entry waits. Each turn takes the policy's best entry (ties broken
+        by the policy with sequence numbers, so the same inputs give the same order);
+        an entry of a suspended process is parked, neither run nor lost, until resume.
+        It never blocks: it is called synchronously whenever a slot frees or work arrives.
+        """
+        while len(self.running) < self.window:
+            entry = self.policy.pop()
+            if entry is None:
+                return
+            if entry.proc.suspended:
+                self._parked.setdefault(entry.proc.pid, []).append(entry)
+                continue
+            self._admit(entry, self.clock())
+            assert entry.event is not None
+            entry.event.set()
+
+    def _admit(self, entry: Entry, now: float) -> None:
+        entry.state = EntryState.RUNNING
+        entry.run_started = now
+        self.running.add(entry)
+        self.admitted += 1
+        if len(self.running) > self.max_running:
+            self.max_running = len(self.running)
+        self.policy.on_admit(entry, now)
+        if self._on_wait is not None:
+            self._on_wait(entry, now - entry.enqueued_at)
+
+    def _forget(self, entry: Entry) -> None:
+        parked = self._parked.get(entry.proc.pid)
+        if parked and entry in parked:
+            parked.remove(entry)
+        else:
+            self.policy.remove(entry)
+        entry.state = EntryState.DONE
+
+    def _preempt_for(self, waiting: Entry) -> None:
+        """If the window is full, ask the least urgent less-urgent runner to yield."""
+        if not self.preempt_enabled or len(self.running) < self.window:
+            return
+        victim: Entry | None = None
+        for r in self.running:
+            if r.preemptible and not r.preempt and r.priority > waiting.priority and (
+                victim is None or (r.priority, r.seq) > (victim.priority, victim.seq)
+            ):
+                victim = r
+        if victim is not None:
+            victim.preempt = True
+
+    # -- process control --------------------------------------------------------------
+
+    def suspend(self, proc: Schedulable) -> None:
+        """Stop dispatching ``proc``'s syscalls; running preemptible ones yield."""
+        for r in self.running:
+            if r.proc is proc and r.preemptible:
+                r.preempt = True
+
+    def resume(self, proc: Schedulable) -> None:
+        now = self.clock()
+        for entry in self._parked.pop(proc.pid, []):
+            self.policy.push(entry, now)
+        self._dispatch()
+
+    def reprioritize(self, entries: Iterable[Entry], priority: int) -> None:
+        now = self.clock()
+        for entry in entries:
+            entry.priority = priority
+            parked = self._parked.get(entry.proc.pid, ())
+            if entry.state is EntryState.WAITING and entry not in parked:
+                self.policy.remove(entry)
+                self.policy.push(entry, now)
+                self._preempt_for(entry)
+        self._dispatch()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.policy) + sum(len(v) for v in self._parked.values())
+
+    def set_window(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"admission window of {self.name} must be >= 1, got {window}")
+        self.window = window
+        self._dispatch()

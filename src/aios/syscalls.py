@@ -1,0 +1,83 @@
+"""Syscalls: the data an agent hands to the kernel, and the results it gets back.
+
+Syscalls are frozen pydantic models named ``<Resource><Action>`` with a ``kind`` literal
+discriminator. Agents do not build them by hand: the verbs on :class:`aios.Context`
+(``ctx.llm.chat``...) do, and pass them to the kernel's single ``submit()`` door.
+This module must never do I/O or import a backend SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatResult",
+    "LLMChat",
+    "Syscall",
+    "ToolCallRequest",
+    "Usage",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LLMChat(_Frozen):
+    """Ask an LLM resource for one chat completion.
+
+    Every sampling parameter given here reaches the backend unchanged; ``extra`` carries
+    backend-specific fields (sent as extra body by the ``openai`` backend).
+    """
+
+    kind: Literal["llm.chat"] = "llm.chat"
+    llm: str = "default"
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def resource(self) -> str:
+        return f"llm:{self.llm}"
+
+
+Syscall = Annotated[LLMChat, Field(discriminator="kind")]
+"""The union of all syscall models (more families join it as they land)."""
+
+
+class Usage(_Frozen):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ToolCallRequest(_Frozen):
+    """A tool call the model asked for (OpenAI shape: id, function name, JSON arguments)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ChatResult(_Frozen):
+    """The result of :class:`LLMChat`."""
+
+    text: str
+    tool_calls: list[ToolCallRequest] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: str = "stop"
+    model: str = ""
+    context_switches: int = 0

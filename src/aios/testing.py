@@ -1,0 +1,97 @@
+"""Test doubles for aios users' own tests (and ours): LLM backends that need no model.
+
+* :class:`ScriptedLLM` replies with scripted texts or tool calls, token by token, in
+  order, and records every request it got.
+* :class:`EchoLLM` answers every request at once with a fixed text: the cheapest backend,
+  used to measure the kernel's own overhead.
+
+Use them as ``aios.Kernel(config, backends={"default": ScriptedLLM([...])})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import anyio
+
+from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.syscalls import ToolCallRequest, Usage
+
+__all__ = ["EchoLLM", "ScriptedLLM", "ScriptedReply"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedReply:
+    text: str = ""
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+
+
+class ScriptedLLM(LLMBackend):
+    """Replies from a script, one word-token at a time.
+
+    ``replies`` are used in order (a ``str`` or a :class:`ScriptedReply`); when the
+    script runs out, ``default`` is used. ``token_delay`` seconds pass before each token
+    (0 still yields to the event loop, so the kernel can preempt between tokens).
+    Continuation is exact: a resumed request continues the same reply from where the
+    resume point says, so preemption tests can compare texts.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        token_boundary=True, continuation=True, engine_queue=False
+    )
+
+    def __init__(
+        self,
+        replies: Sequence[str | ScriptedReply] = (),
+        *,
+        default: str = "ok",
+        token_delay: float = 0.0,
+    ) -> None:
+        self._script = [r if isinstance(r, ScriptedReply) else ScriptedReply(r) for r in replies]
+        self._default = ScriptedReply(default)
+        self.token_delay = token_delay
+        self.requests: list[GenerationRequest] = []
+        self._assigned: dict[str, ScriptedReply] = {}
+
+    def _reply_for(self, request: GenerationRequest) -> ScriptedReply:
+        reply = self._assigned.get(request.request_id)
+        if reply is None:
+            reply = self._script.pop(0) if self._script else self._default
+            self._assigned[request.request_id] = reply
+        return reply
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        reply = self._reply_for(request)
+        words = reply.text.split(" ") if reply.text else []
+        limit = request.call.max_tokens or len(words)
+        start = request.resume.completion_tokens if request.resume else 0
+        end = min(len(words), limit)
+        for i in range(start, end):
+            await anyio.sleep(self.token_delay)
+            yield Chunk(text=words[i] if i == 0 else " " + words[i], token_ids=(i,), n_tokens=1)
+        self._assigned.pop(request.request_id, None)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in request.call.messages)
+        finish = "tool_calls" if reply.tool_calls else "length" if end < len(words) else "stop"
+        yield Chunk(finish_reason=finish, tool_calls=list(reply.tool_calls) or None,
+                    usage=Usage(prompt_tokens=prompt, completion_tokens=end), model="scripted")
+
+
+class EchoLLM(LLMBackend):
+    """Answers at once, with one chunk: measures the kernel, not a model."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, text: str = "ok") -> None:
+        self.text = text
+        self.calls = 0
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        yield Chunk(text=self.text, n_tokens=1, finish_reason="stop",
+                    usage=Usage(prompt_tokens=1, completion_tokens=1), model="echo")
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls}
