@@ -12,6 +12,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,26 @@ from aios.errors import ConfigError
 __all__ = ["KernelConfig", "LLMConfig", "SchedulerConfig"]
 
 
+_DEPTH: ContextVar[int] = ContextVar("aios_config_depth", default=0)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        # Built in code, a bad value is a ConfigError too (naming the key), not a bare
+        # pydantic ValidationError: one error tree for every way of configuring.
+        # Only the outermost model converts: nested ones let pydantic merge their errors
+        # so the key path stays the config's own (scheduler.policy, not SchedulerConfig).
+        token = _DEPTH.set(_DEPTH.get() + 1)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if _DEPTH.get() > 1:
+                raise
+            raise _config_error(exc, type(self).__name__) from None
+        finally:
+            _DEPTH.reset(token)
 
 
 class SchedulerConfig(_Strict):
@@ -92,10 +111,13 @@ class KernelConfig(_Strict):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KernelConfig:
+        token = _DEPTH.set(1)  # nested models: let pydantic merge their errors
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise _config_error(exc, "") from None
+        finally:
+            _DEPTH.reset(token)
 
     @classmethod
     def from_toml(
@@ -149,11 +171,12 @@ def _index(part: str, var: str) -> int:
     return int(part)
 
 
-def _config_error(exc: ValidationError) -> ConfigError:
+def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
     problems = []
     first_key = None
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        key = ".".join([prefix, *(str(p) for p in err["loc"])] if prefix else
+                       [str(p) for p in err["loc"]]) or "<root>"
         first_key = first_key or key
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         problems.append(f"{key}: {msg}")

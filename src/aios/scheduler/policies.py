@@ -74,6 +74,7 @@ class FairPolicy(SchedulingPolicy):
         self._waiting: dict[str, deque[Entry]] = {}
         self._running: dict[str, int] = {}
         self._live = 0
+        self._popped: Entry | None = None
 
     def _client(self, entry: Entry) -> str:
         return f"pid:{entry.proc.pid}" if self.by_agent else entry.proc.group
@@ -81,12 +82,15 @@ class FairPolicy(SchedulingPolicy):
     def _active(self, client: str) -> bool:
         return bool(self._waiting.get(client)) or self._running.get(client, 0) > 0
 
+    def _activate(self, client: str) -> None:
+        # VTC's lift: a client that was idle starts at the smallest active counter.
+        if not self._active(client):
+            floor = min((v for c, v in self.counters.items() if self._active(c)), default=0.0)
+            self.counters[client] = max(self.counters.get(client, 0.0), floor)
+
     def push(self, entry: Entry, now: float) -> None:
         client = self._client(entry)
-        if not self._active(client):
-            active = [c for c in self.counters if c != client and self._active(c)]
-            floor = min((self.counters[c] for c in active), default=0.0)
-            self.counters[client] = max(self.counters.get(client, 0.0), floor)
+        self._activate(client)
         self._waiting.setdefault(client, deque()).append(entry)
         self._live += 1
 
@@ -106,6 +110,10 @@ class FairPolicy(SchedulingPolicy):
         entry = self._waiting[best_client].popleft()
         if not self._waiting[best_client]:
             del self._waiting[best_client]
+        # Count it as running before it leaves the waiting set, so the client never
+        # looks idle in between and is not lifted (it keeps its deficit).
+        self._running[best_client] = self._running.get(best_client, 0) + 1
+        self._popped = entry
         return entry
 
     def remove(self, entry: Entry) -> None:
@@ -118,8 +126,19 @@ class FairPolicy(SchedulingPolicy):
         return self._live
 
     def on_admit(self, entry: Entry, now: float) -> None:
-        client = self._client(entry)
+        if entry is self._popped:
+            self._popped = None
+            return
+        client = self._client(entry)  # admitted without waiting (the queue's fast path)
+        self._activate(client)
         self._running[client] = self._running.get(client, 0) + 1
+
+    def unpop(self, entry: Entry) -> None:
+        self._popped = None
+        client = self._client(entry)
+        self._running[client] -= 1
+        if not self._running[client]:
+            del self._running[client]
 
     def on_release(self, entry: Entry, service: float) -> None:
         client = self._client(entry)

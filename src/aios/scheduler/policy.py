@@ -116,6 +116,10 @@ class SchedulingPolicy(ABC):
     def on_admit(self, entry: Entry, now: float) -> None:  # noqa: B027 - optional hook
         """An entry starts running."""
 
+    def unpop(self, entry: Entry) -> None:  # noqa: B027 - optional hook
+        """An entry returned by :meth:`pop` was not admitted (its process is suspended;
+        the queue parks it and pushes it again on resume)."""
+
     def on_release(self, entry: Entry, service: float) -> None:  # noqa: B027
         """An entry stopped running (done or preempted) after receiving ``service`` tokens."""
 

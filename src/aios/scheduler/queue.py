@@ -117,6 +117,7 @@ class ResourceQueue:
             if entry is None:
                 return
             if entry.proc.suspended:
+                self.policy.unpop(entry)
                 self._parked.setdefault(entry.proc.pid, []).append(entry)
                 continue
             self._admit(entry, self.clock())
