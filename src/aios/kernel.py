@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from aios.checkpoint.store import Checkpoint, CheckpointStore, ContextSwitch
 from aios.config import KernelConfig, LLMConfig
 from aios.context import Context
 from aios.errors import (
@@ -37,6 +38,7 @@ from aios.plugins import PluginRegistry
 from aios.process import Process, ProcessInfo, ProcessState
 from aios.scheduler.policy import Entry, SchedulingPolicy
 from aios.scheduler.queue import ResourceQueue
+from aios.state import StateDB
 from aios.syscalls import ChatResult, LLMChat, Usage
 
 __all__ = ["Kernel", "LLMResource"]
@@ -94,6 +96,8 @@ class Kernel:
         self._pids = itertools.count(1)
         self._syscall_ids = itertools.count(1)
         self._llm: dict[str, LLMResource] = {}
+        self._db = StateDB(config.state_path)
+        self._ckpt: CheckpointStore | None = None
         self._tg: TaskGroup | None = None
         self._closed = True
         self._entered = False
@@ -113,7 +117,14 @@ class Kernel:
             raise KernelClosedError("a Kernel can be entered only once; create a new one")
         self._entered = True
         policy_cls = self.registry.get("aios.schedulers", self.config.scheduler.policy)
-        await self._start_llms(policy_cls)
+        await self._db.open()
+        self._ckpt = CheckpointStore(self._db, kv_cap_bytes=self.config.checkpoint_kv_cap_bytes)
+        try:
+            await self._start_llms(policy_cls)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._db.close()
+            raise
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._closed = False
@@ -174,9 +185,10 @@ class Kernel:
             return await self._tg.__aexit__(et, e, tb)
         finally:
             self._closed = True
-            for res in self._llm.values():
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                for res in self._llm.values():
                     await res.backend.close()
+                await self._db.close()
             self._log.info("kernel.stopped")
 
     # -- processes --------------------------------------------------------------------
@@ -272,6 +284,13 @@ class Kernel:
     async def _llm_chat(
         self, proc: Process[Any], call: LLMChat, sid: str
     ) -> AsyncIterator[str | ChatResult]:
+        """Run one chat completion in the caller's task, across any number of preemptions.
+
+        Each turn of the loop: wait for admission, (re)start the generation from the last
+        checkpoint, forward its tokens, and either finish or, asked to yield at a token
+        boundary, snapshot the KV (if the backend can), give the slot back, write the
+        checkpoint to the state database and queue again.
+        """
         res = self._llm.get(call.llm)
         if res is None:
             raise InvalidSyscall(
@@ -291,44 +310,60 @@ class Kernel:
         parts: list[str] = []
         token_ids: list[int] = []
         n_out = 0
-        switches = 0
-        resume: Resume | None = None
+        emitted = 0          # characters already handed to the caller
+        produced = 0         # characters of the current output (parts)
+        pending: ContextSwitch | None = None   # preempted, not yet resumed
+        saved = False        # a checkpoint row exists (delete it at the end)
+        awaiting_first = False
         final = None
         try:
             while True:
                 await queue.acquire(entry)
-                log.debug("syscall.dispatched", pid=proc.pid, syscall=sid)
                 t0 = clock()
+                resume: Resume | None = None
+                if pending is not None:
+                    resume = await self._restore(res, proc, sid, pending, parts, token_ids)
+                    n_out = resume.completion_tokens if resume else 0
+                    produced = len(resume.text) if resume else 0
+                    pending, awaiting_first = None, True
+                log.debug("syscall.dispatched", pid=proc.pid, syscall=sid, resumed=n_out)
                 seg_out = 0
-                preempted = False
+                kv: bytes | None = None
                 stream = res.backend.generate(
                     GenerationRequest(call=call, request_id=sid, priority=entry.priority,
                                       resume=resume))
                 try:
                     async for chunk in stream:
+                        if awaiting_first:
+                            awaiting_first = False
+                            self._restored(proc, clock() - t0)
                         if chunk.text:
                             parts.append(chunk.text)
                         if chunk.token_ids:
                             token_ids.extend(chunk.token_ids)
                         n_out += chunk.n_tokens
                         seg_out += chunk.n_tokens
+                        if chunk.text:
+                            text = chunk.text
+                            if produced < emitted:  # recomputing after a lost checkpoint:
+                                text = text[emitted - produced:]  # do not repeat a delta
+                            produced += len(chunk.text)
+                            if text:
+                                emitted += len(text)
+                                yield text
                         if chunk.finish_reason is not None:
                             final = chunk
-                            if chunk.text:
-                                yield chunk.text
                             break
-                        if chunk.text:
-                            yield chunk.text
                         if (
                             preemptible
                             and queue.should_yield(entry, clock())
                             and (call.max_tokens is None or n_out < call.max_tokens)
                         ):
-                            kv = None
+                            t_save = clock()
                             if res.caps.kv_snapshot and isinstance(stream, SupportsKVSnapshot):
                                 kv = await stream.save_kv()
-                            resume = Resume("".join(parts), tuple(token_ids), kv, n_out)
-                            preempted = True
+                            pending = ContextSwitch(syscall_id=sid, tokens=n_out,
+                                                    save_s=clock() - t_save, save_bytes=0)
                             break
                 except AIOSError as exc:
                     if isinstance(exc, SyscallError) and exc.syscall is None:
@@ -350,32 +385,93 @@ class Kernel:
                     queue.release(entry, service)
                 if final is not None:
                     break
-                if not preempted:
+                if pending is None:
                     raise BadResponse(f"backend {res.name!r} ended a generation without a "
                                       "finish_reason", syscall=call)
-                switches += 1
-                proc.context_switches += 1
-                self.context_switches += 1
-                log.debug("syscall.preempted", pid=proc.pid, syscall=sid, tokens=n_out)
+                saved = True
+                pending = await self._checkpoint(res, proc, call, sid, pending, parts,
+                                                 token_ids, n_out, kv)
         finally:
             proc.entries.pop(entry, None)
             proc.in_syscall -= 1
             if not proc.in_syscall and not proc.suspended and not proc.state.finished:
                 proc.state = ProcessState.RUNNING
+            if saved and self._ckpt is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._ckpt.delete(sid)
         usage = final.usage or Usage()
-        prompt = usage.prompt_tokens
-        proc.tokens_in += prompt
+        proc.tokens_in += usage.prompt_tokens
         proc.tokens_out += n_out
         log.debug("syscall.done", pid=proc.pid, syscall=sid, tokens_out=n_out)
         yield ChatResult(
             text="".join(parts),
             tool_calls=list(final.tool_calls or ()),
-            usage=Usage(prompt_tokens=prompt, completion_tokens=n_out,
+            usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=n_out,
                         cached_tokens=usage.cached_tokens),
             finish_reason=final.finish_reason or "stop",
             model=final.model,
-            context_switches=switches,
+            context_switches=sum(1 for s in proc.switch_log if s.syscall_id == sid),
         )
+
+    async def _checkpoint(
+        self, res: LLMResource, proc: Process[Any], call: LLMChat, sid: str,
+        switch: ContextSwitch, parts: list[str], token_ids: list[int], n_out: int,
+        kv: bytes | None,
+    ) -> ContextSwitch:
+        """Write the checkpoint of a preempted generation (the slot is already free)."""
+        assert self._ckpt is not None
+        t = time.monotonic()
+        ckpt = Checkpoint(
+            pid=proc.pid, syscall_id=sid, request=call, text="".join(parts),
+            token_ids=list(token_ids), completion_tokens=n_out,
+            sampling={"temperature": call.temperature, "top_p": call.top_p, "seed": call.seed},
+            backend=res.config.backend, model=res.config.model, created_at=time.time(),
+        )
+        nbytes = await self._ckpt.save(ckpt, kv)
+        switch = switch.model_copy(update={"save_s": switch.save_s + time.monotonic() - t,
+                                           "save_bytes": nbytes})
+        proc.context_switches += 1
+        self.context_switches += 1
+        self._log.info("syscall.preempted", pid=proc.pid, syscall=sid, tokens=n_out,
+                       save_s=round(switch.save_s, 6), save_bytes=nbytes, kv=kv is not None)
+        return switch
+
+    async def _restore(
+        self, res: LLMResource, proc: Process[Any], sid: str, switch: ContextSwitch,
+        parts: list[str], token_ids: list[int],
+    ) -> Resume | None:
+        """Load the checkpoint of ``sid``; rebuild ``parts``/``token_ids`` from it.
+
+        A lost or corrupt checkpoint means recomputing from the prompt (``None``); a lost
+        or corrupt KV snapshot means continuing from the checkpoint's text.
+        """
+        assert self._ckpt is not None
+        restored = await self._ckpt.load(sid)
+        mode = restored.mode
+        ckpt = restored.checkpoint
+        if mode == "text" and not res.caps.continuation:
+            mode = "recompute"
+        if restored.reason:
+            self._log.warning("checkpoint.fallback", pid=proc.pid, syscall=sid, mode=mode,
+                              reason=restored.reason)
+        proc.switch_log.append(switch.model_copy(update={
+            "restored": mode, "restore_bytes": restored.nbytes}))
+        parts.clear()
+        token_ids.clear()
+        if mode == "recompute" or ckpt is None:
+            return None
+        parts.append(ckpt.text)
+        token_ids.extend(ckpt.token_ids)
+        return Resume(ckpt.text, tuple(ckpt.token_ids), restored.kv if mode == "kv" else None,
+                      ckpt.completion_tokens)
+
+    def _restored(self, proc: Process[Any], elapsed: float) -> None:
+        """The first token after a resume arrived: record the restore time (from dispatch:
+        checkpoint read, KV load or re-prefill, one decode step)."""
+        last = proc.switch_log[-1]
+        proc.switch_log[-1] = last.model_copy(update={"restore_s": elapsed})
+        self._log.info("syscall.resumed", pid=proc.pid, syscall=last.syscall_id,
+                       mode=last.restored, restore_s=round(elapsed, 6))
 
     # -- inspection -------------------------------------------------------------------
 

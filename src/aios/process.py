@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from aios.errors import KernelClosedError, ProcessError, ProcessKilled
 
 if TYPE_CHECKING:
+    from aios.checkpoint.store import ContextSwitch
     from aios.kernel import Kernel
     from aios.scheduler.policy import Entry
     from aios.scheduler.queue import ResourceQueue
@@ -84,6 +85,9 @@ class Process(Generic[T]):
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.entries: dict[Entry, ResourceQueue] = {}
+        self.switch_log: list[ContextSwitch] = []
+        """Every context switch of this process: save/restore time and bytes, and how it
+        was restored (``kv``, ``text`` or ``recompute``)."""
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
         self._resumed = anyio.Event()

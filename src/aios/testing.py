@@ -80,16 +80,23 @@ class ScriptedLLM(LLMBackend):
 
 
 class EchoLLM(LLMBackend):
-    """Answers at once, with one chunk: measures the kernel, not a model."""
+    """Answers at once, with one chunk: measures the kernel, not a model.
+
+    ``yield_first`` gives the event loop one turn before answering, so that concurrent
+    callers overlap and contend for the admission window.
+    """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, text: str = "ok") -> None:
+    def __init__(self, text: str = "ok", *, yield_first: bool = False) -> None:
         self.text = text
+        self.yield_first = yield_first
         self.calls = 0
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.calls += 1
+        if self.yield_first:  # let other tasks run, so concurrent calls really queue
+            await anyio.lowlevel.checkpoint()
         yield Chunk(text=self.text, n_tokens=1, finish_reason="stop",
                     usage=Usage(prompt_tokens=1, completion_tokens=1), model="echo")
 
