@@ -323,6 +323,10 @@ class Kernel:
                 resume: Resume | None = None
                 if pending is not None:
                     resume = await self._restore(res, proc, sid, pending, parts, token_ids)
+                    if resume is None:
+                        # The checkpoint was lost: recompute, and do not preempt this
+                        # syscall again, so a failing store cannot starve it forever.
+                        entry.preemptible = preemptible = False
                     n_out = resume.completion_tokens if resume else 0
                     produced = len(resume.text) if resume else 0
                     pending, awaiting_first = None, True
