@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 import pytest
@@ -27,7 +27,7 @@ class KVScripted(LLMBackend):
     """A scripted backend with a fake KV snapshot: the blob encodes the position, and a
     resume with a KV blob must not re-send the text (it checks the blob instead)."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities: Capabilities = Capabilities(
         token_boundary=True, continuation=True, kv_snapshot=True, engine_queue=False)
 
     def __init__(self, text: str, delay: float = 0.0005) -> None:
@@ -44,7 +44,7 @@ class _KVGen:
         self.b, self.req = b, req
         r = req.resume
         if r is not None and r.kv is not None:
-            assert r.kv == f"kv@{r.completion_tokens}".encode() * 100
+            assert r.kv == f"{req.request_id}@{r.completion_tokens}".encode() * 100
             b.resumes.append("kv")
         elif r is not None:
             b.resumes.append("text")
@@ -67,7 +67,7 @@ class _KVGen:
         return Chunk(text=w, token_ids=(self.i,), n_tokens=1)
 
     async def save_kv(self) -> bytes:
-        return f"kv@{self.i}".encode() * 100
+        return f"{self.req.request_id}@{self.i}".encode() * 100
 
     async def aclose(self) -> None:
         self.done = True

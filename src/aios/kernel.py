@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,7 +32,14 @@ from aios.errors import (
     ProcessError,
     SyscallError,
 )
-from aios.llm.base import Capabilities, GenerationRequest, LLMBackend, Resume, SupportsKVSnapshot
+from aios.llm.base import (
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    LLMBackend,
+    Resume,
+    SupportsKVSnapshot,
+)
 from aios.log import make_logger
 from aios.plugins import PluginRegistry
 from aios.process import Process, ProcessInfo, ProcessState
@@ -81,7 +88,7 @@ class Kernel:
         self,
         config: KernelConfig | None = None,
         *,
-        backends: dict[str, LLMBackend] | None = None,
+        backends: Mapping[str, LLMBackend] | None = None,
         registry: PluginRegistry | None = None,
     ) -> None:
         if config is None:
@@ -146,6 +153,7 @@ class Kernel:
                 window = cfg.window or (
                     cfg.effective_window if caps.engine_queue else cfg.max_concurrency
                 )
+                backend.log = self._log.bind(llm=name)
                 queue = ResourceQueue(
                     f"llm:{name}", window, policy_cls(self.config.scheduler),
                     preempt=self.config.scheduler.preempt, on_wait=_count_wait,
@@ -312,6 +320,7 @@ class Kernel:
         n_out = 0
         emitted = 0          # characters already handed to the caller
         produced = 0         # characters of the current output (parts)
+        resumed_tokens = 0   # completion tokens the last segment started from
         pending: ContextSwitch | None = None   # preempted, not yet resumed
         saved = False        # a checkpoint row exists (delete it at the end)
         awaiting_first = False
@@ -320,23 +329,26 @@ class Kernel:
             while True:
                 await queue.acquire(entry)
                 t0 = clock()
-                resume: Resume | None = None
-                if pending is not None:
-                    resume = await self._restore(res, proc, sid, pending, parts, token_ids)
-                    if resume is None:
-                        # The checkpoint was lost: recompute, and do not preempt this
-                        # syscall again, so a failing store cannot starve it forever.
-                        entry.preemptible = preemptible = False
-                    n_out = resume.completion_tokens if resume else 0
-                    produced = len(resume.text) if resume else 0
-                    pending, awaiting_first = None, True
-                log.debug("syscall.dispatched", pid=proc.pid, syscall=sid, resumed=n_out)
                 seg_out = 0
                 kv: bytes | None = None
-                stream = res.backend.generate(
-                    GenerationRequest(call=call, request_id=sid, priority=entry.priority,
-                                      resume=resume))
+                stream: AsyncIterator[Chunk] | None = None
+                # From here on the slot is ours: every exit path goes through the
+                # `finally` below, which gives it back.
                 try:
+                    resume: Resume | None = None
+                    if pending is not None:
+                        resume = await self._restore(res, proc, sid, pending, parts, token_ids)
+                        if resume is None:
+                            # The checkpoint was lost: recompute, and do not preempt this
+                            # syscall again, so a failing store cannot starve it forever.
+                            entry.preemptible = preemptible = False
+                        n_out = resumed_tokens = resume.completion_tokens if resume else 0
+                        produced = len(resume.text) if resume else 0
+                        pending, awaiting_first = None, True
+                    log.debug("syscall.dispatched", pid=proc.pid, syscall=sid, resumed=n_out)
+                    stream = res.backend.generate(
+                        GenerationRequest(call=call, request_id=sid, priority=entry.priority,
+                                          resume=resume))
                     async for chunk in stream:
                         if awaiting_first:
                             awaiting_first = False
@@ -377,7 +389,7 @@ class Kernel:
                     raise LLMError(f"backend {res.name!r} failed: {type(exc).__name__}: {exc}",
                                    syscall=call) from exc
                 finally:
-                    aclose = getattr(stream, "aclose", None)
+                    aclose = getattr(stream, "aclose", None) if stream is not None else None
                     if aclose is not None:
                         with anyio.CancelScope(shield=True):
                             await aclose()
@@ -404,13 +416,16 @@ class Kernel:
                 with anyio.CancelScope(shield=True):
                     await self._ckpt.delete(sid)
         usage = final.usage or Usage()
-        proc.tokens_in += usage.prompt_tokens
+        # A resumed segment's prompt includes the output it continues (vLLM's accounting,
+        # the backend contract): report the original prompt.
+        prompt_tokens = max(0, usage.prompt_tokens - resumed_tokens)
+        proc.tokens_in += prompt_tokens
         proc.tokens_out += n_out
         log.debug("syscall.done", pid=proc.pid, syscall=sid, tokens_out=n_out)
         yield ChatResult(
             text="".join(parts),
             tool_calls=list(final.tool_calls or ()),
-            usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=n_out,
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=n_out,
                         cached_tokens=usage.cached_tokens),
             finish_reason=final.finish_reason or "stop",
             model=final.model,

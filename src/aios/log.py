@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["make_logger"]
+__all__ = ["NULL_LOGGER", "make_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -23,7 +23,7 @@ def make_logger(fmt: str, level: str) -> Any:
     if fmt == "structlog":
         return structlog.get_logger("aios")
     if fmt == "off":
-        return _Off()
+        return NULL_LOGGER
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -50,3 +50,6 @@ class _Off:
         return None
 
     debug = info = warning = error = exception = critical = _drop
+
+
+NULL_LOGGER: Any = _Off()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
@@ -38,7 +38,7 @@ class ScriptedLLM(LLMBackend):
     resume point says, so preemption tests can compare texts.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities: Capabilities = Capabilities(
         token_boundary=True, continuation=True, engine_queue=False
     )
 
@@ -74,6 +74,7 @@ class ScriptedLLM(LLMBackend):
             yield Chunk(text=words[i] if i == 0 else " " + words[i], token_ids=(i,), n_tokens=1)
         self._assigned.pop(request.request_id, None)
         prompt = sum(len(str(m.get("content", "")).split()) for m in request.call.messages)
+        prompt += start  # a continuation's prompt includes what it continues
         finish = "tool_calls" if reply.tool_calls else "length" if end < len(words) else "stop"
         yield Chunk(finish_reason=finish, tool_calls=list(reply.tool_calls) or None,
                     usage=Usage(prompt_tokens=prompt, completion_tokens=end), model="scripted")
@@ -86,7 +87,7 @@ class EchoLLM(LLMBackend):
     callers overlap and contend for the admission window.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, text: str = "ok", *, yield_first: bool = False) -> None:
         self.text = text

@@ -22,8 +22,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from aios.log import NULL_LOGGER
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
 __all__ = [
@@ -52,9 +53,10 @@ class Capabilities:
 class Resume:
     """Where a preempted generation stopped: everything produced so far.
 
-    A backend resuming from it yields only the new text, counts ``n_tokens`` only for
-    new tokens, and reports ``usage.prompt_tokens`` of the original prompt (the kernel
-    keeps the completion count itself).
+    A backend resuming from it yields only the new text and counts ``n_tokens`` only for
+    new tokens; its ``usage.prompt_tokens`` counts the prompt it was given, i.e. the
+    original prompt plus the ``completion_tokens`` it continues (as vLLM reports a
+    continuation). The kernel keeps the completion count itself.
     """
 
     text: str
@@ -108,7 +110,10 @@ class LLMBackend(ABC):
     :meth:`close` once when the kernel stops.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: Capabilities = Capabilities()
+    log: Any = NULL_LOGGER
+    """A structlog-style logger; the kernel sets it to its own, bound to the resource
+    name, before :meth:`start`. Backends log through it, never through a global one."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (connections, model weights). Default: nothing."""
