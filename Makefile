@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml plugins/aios-llamacpp/pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/aios run agents/qa.py:answer -n 4 --priorities 2,0,1,3
+	$(BIN)/aios run agents/qa.py:answer -n 6 --policy priority --priorities 2,0,1,3
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests agents benchmarks plugins

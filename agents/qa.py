@@ -21,7 +21,9 @@ QUESTIONS = [
 async def answer(ctx: aios.Context, question: str | None = None) -> str:
     q = question or QUESTIONS[(ctx.pid - 1) % len(QUESTIONS)]
     reply = await ctx.llm.chat(
-        [{"role": "user", "content": q}], max_tokens=48, temperature=0.0
+        [{"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+         {"role": "user", "content": q}],
+        max_tokens=48, temperature=0.0,
     )
     text = reply.text.strip().splitlines()[0] if reply.text.strip() else ""
     return f"{q} -> {text}"

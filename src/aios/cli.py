@@ -69,9 +69,11 @@ def _ps_table(infos: Sequence[ProcessInfo], title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("pid", "name", "prio", "state", "syscalls", "tok in", "tok out",
-                "wait s", "service s", "switches"):
-        table.add_column(col, justify="right" if col not in ("name", "state") else "left")
+    # Short headers: the table must fit an 80-column terminal.
+    for col in ("pid", "name", "prio", "state", "calls", "tok in", "tok out",
+                "wait s", "serve s", "ctx sw"):
+        table.add_column(col, justify="right" if col not in ("name", "state") else "left",
+                         no_wrap=col == "name")
     for p in infos:
         table.add_row(str(p.pid), p.name, str(p.priority), p.state.value, str(p.syscalls),
                       str(p.tokens_in), str(p.tokens_out), f"{p.wait_s:.2f}",

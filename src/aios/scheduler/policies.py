@@ -30,6 +30,8 @@ __all__ = ["FairPolicy", "FifoPolicy", "LASPolicy", "PriorityPolicy", "RoundRobi
 class FifoPolicy(HeapPolicy):
     """Arrival order. A preempted syscall keeps its place (its first arrival)."""
 
+    priority_classes = False
+
     def key(self, entry: Entry, now: float) -> Any:
         return entry.seq
 

@@ -93,6 +93,9 @@ class SchedulingPolicy(ABC):
     """
 
     time_slice_s: float | None = None
+    priority_classes: bool = True
+    """Whether priority classes matter: a more urgent waiting syscall may preempt a less
+    urgent running one. False for a policy that ignores priority (``fifo``)."""
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config

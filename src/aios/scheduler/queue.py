@@ -145,7 +145,8 @@ class ResourceQueue:
 
     def _preempt_for(self, waiting: Entry) -> None:
         """If the window is full, ask the least urgent less-urgent runner to yield."""
-        if not self.preempt_enabled or len(self.running) < self.window:
+        if (not self.preempt_enabled or not self.policy.priority_classes
+                or len(self.running) < self.window):
             return
         victim: Entry | None = None
         for r in self.running:
