@@ -135,6 +135,12 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from aios.bench.cli import run_bench
+
+    return run_bench(args)
+
+
 def _sim_serve(args: argparse.Namespace) -> int:
     from aios.llm.server import run_sim_serve
 
@@ -163,11 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_serve_arguments(sim)
     sim.set_defaults(func=_sim_serve)
+
+    from aios.bench.cli import add_bench_arguments
+
+    bench = sub.add_parser("bench", help="run a benchmark workload under several policies "
+                           "and a no-kernel baseline")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "aios " + " ".join(argv)
     try:
         code: int = args.func(args)
     except AIOSError as exc:

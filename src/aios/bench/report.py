@@ -1,0 +1,172 @@
+"""Metrics of a run, and their reports: a Markdown table, a JSON file, PNG plots.
+
+Only arithmetic on what the runner recorded; nothing here runs or times anything.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from aios.bench.runner import RunResult
+
+__all__ = ["jain", "markdown", "summarize", "write_json", "write_plots"]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def jain(xs: list[float]) -> float:
+    """Jain's fairness index: 1 when all equal, 1/n when one gets everything."""
+    if not xs or not any(xs):
+        return float("nan")
+    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
+
+
+def _lat(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(xs) if xs else float("nan"),
+            "p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99)}
+
+
+def summarize(r: RunResult) -> dict[str, Any]:
+    ok = [a for a in r.agents if a.error is None and a.done is not None]
+    act = [a.done - a.arrival for a in ok if a.done is not None]
+    makespan = r.wall_s
+    by_cls: dict[str, list[float]] = defaultdict(list)
+    for a in ok:
+        assert a.done is not None
+        by_cls[a.cls].append(a.done - a.arrival)
+    # Fairness across groups: service (completion tokens) each group received while all
+    # groups were still active, i.e. up to the time the first group had finished.
+    groups = sorted({a.group for a in r.agents})
+    fairness = None
+    service: dict[str, int] = {}
+    if len(groups) > 1:
+        last = {g: max((a.done or 0.0) for a in r.agents if a.group == g) for g in groups}
+        horizon = min(last.values())
+        service = {g: 0 for g in groups}
+        for _start, end, g, n in r.calls:
+            if end <= horizon:
+                service[g] += n
+        fairness = jain([float(v) for v in service.values()])
+    tokens = sum(a.tokens for a in r.agents)
+    eng = r.engine
+    out: dict[str, Any] = {
+        "system": r.system,
+        "agents": len(r.agents),
+        "completed": len(ok),
+        "errors": len(r.agents) - len(ok),
+        "rate_limited": sum(a.rate_limited for a in r.agents),
+        "makespan_s": makespan,
+        "act": _lat(act),
+        "per_class": {c: _lat(v) for c, v in sorted(by_cls.items())},
+        "agents_per_min": len(ok) / makespan * 60 if makespan else float("nan"),
+        "tokens_per_s": tokens / makespan if makespan else float("nan"),
+        "jain": fairness,
+        "group_service_tokens": service,
+        "efficiency": eng["ideal_s"] / makespan if eng and makespan else None,
+        "engine_mean_batch": eng.get("mean_batch") if eng else None,
+        "engine_steps_per_s": eng["steps"] / makespan if eng and makespan else None,
+        "context_switches": r.context_switches,
+        "cpu_s": r.cpu_s,
+        "peak_rss_mb": r.peak_rss_mb,
+    }
+    return out
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v != v:
+        return "-"
+    return format(v, fmt)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| system | makespan s | ACT mean s | ACT p50 s | ACT p99 s | agents/min | tokens/s "
+        "| efficiency | Jain | errors | 429s | ctx sw | CPU s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        a = r["act"]
+        lines.append(
+            f"| {r['system']} | {_f(r['makespan_s'])} | {_f(a['mean'])} | {_f(a['p50'])} "
+            f"| {_f(a['p99'])} | {_f(r['agents_per_min'], '.1f')} | {_f(r['tokens_per_s'], '.0f')} "
+            f"| {_f(r['efficiency'], '.3f')} | {_f(r['jain'], '.3f')} | {r['errors']} "
+            f"| {r['rate_limited']} | {r['context_switches']} | {_f(r['cpu_s'], '.1f')} "
+            f"| {_f(r['peak_rss_mb'], '.0f')} |")
+    classes = sorted({c for r in rows for c in r["per_class"]})
+    if len(classes) > 1:
+        lines += ["", "Per-class agent completion time (s), p50 / p99:", "",
+                  "| system | " + " | ".join(classes) + " |",
+                  "|---|" + "---:|" * len(classes)]
+        for r in rows:
+            cells = []
+            for c in classes:
+                pc = r["per_class"].get(c)
+                cells.append(f"{_f(pc['p50'])} / {_f(pc['p99'])}" if pc else "-")
+            lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_plots(out: Path, results: list[RunResult]) -> list[Path]:
+    """Latency CDF per system and throughput over time; needs matplotlib (extra ``plots``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        xs = sorted(a.done - a.arrival for a in r.agents if a.done is not None and not a.error)
+        if xs:
+            ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=r.system)
+    ax.set_xlabel("agent completion time (s)")
+    ax.set_ylabel("fraction of agents")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    p = out / "latency_cdf.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        if not r.calls:
+            continue
+        span = max(end for _, end, _, _ in r.calls)
+        bins = max(10, min(100, int(span)))
+        width = span / bins
+        tok = [0.0] * bins
+        for _, end, _, n in r.calls:
+            tok[min(bins - 1, int(end / width))] += n / width
+        ax.plot([width * (i + 0.5) for i in range(bins)], tok, label=r.system)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("completion tokens / s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    p = out / "throughput.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    return written
