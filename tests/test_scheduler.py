@@ -250,3 +250,25 @@ async def test_round_robin_slice_expires_only_when_others_wait() -> None:
 def test_window_below_one_is_rejected() -> None:
     with pytest.raises(ValueError, match="window"):
         make_queue("fifo", 0)
+
+
+async def test_a_generation_about_to_end_hands_its_slot_over_early() -> None:
+    q = make_queue("fifo", 1)
+    a = q.new_entry(FakeProc(1), "a", 0)
+    await q.acquire(a)
+    b = q.new_entry(FakeProc(2), "b", 0)
+    c = q.new_entry(FakeProc(3), "c", 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.acquire, b)
+        tg.start_soon(q.acquire, c)
+        await anyio.wait_all_tasks_blocked()
+        assert q.running == {a}
+        q.finishing_soon(a)   # one token left: b may queue in the engine now
+        await anyio.wait_all_tasks_blocked()
+        assert q.running == {a, b}
+        assert q.max_occupied == 1  # the window still holds for everything else
+        q.release(a, 0)
+        await anyio.wait_all_tasks_blocked()
+        assert q.running == {b}      # c waits: a's early hand-over was b's
+        q.release(b, 0)
+    q.release(c, 0)

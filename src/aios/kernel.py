@@ -370,6 +370,8 @@ class Kernel:
                         if chunk.finish_reason is not None:
                             final = chunk
                             break
+                        if call.max_tokens is not None and n_out + 1 >= call.max_tokens:
+                            queue.finishing_soon(entry)
                         if (
                             preemptible
                             and queue.should_yield(entry, clock())

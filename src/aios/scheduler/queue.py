@@ -41,12 +41,17 @@ class ResourceQueue:
         self.preempt_enabled = preempt
         self.clock = clock
         self.running: set[Entry] = set()
+        self.finishing: set[Entry] = set()
+        """Running entries with at most one token left: their successors may be admitted
+        already, so that they are queued in the engine when the slot frees (no idle
+        slot during the hand-over). They do not count against the window."""
         self._parked: dict[int, list[Entry]] = {}
         self._seq = 0
         self._on_wait = on_wait
         # counters
         self.admitted = 0
         self.max_running = 0
+        self.max_occupied = 0
 
     # -- the agent side ---------------------------------------------------------------
 
@@ -61,7 +66,7 @@ class ResourceQueue:
         """Wait until ``entry`` is admitted (a slot is its own). Cancellation-safe."""
         entry.preempt = False
         entry.enqueued_at = now = self.clock()
-        if not len(self.policy) and len(self.running) < self.window and not entry.proc.suspended:
+        if not len(self.policy) and self._occupied() < self.window and not entry.proc.suspended:
             self._admit(entry, now)  # fast path: nobody waits, a slot is free
             return
         entry.state = EntryState.WAITING
@@ -90,6 +95,7 @@ class ResourceQueue:
         if entry.state is not EntryState.RUNNING:
             return
         self.running.discard(entry)
+        self.finishing.discard(entry)
         entry.state = EntryState.DONE
         self.policy.on_release(entry, service)
         self._dispatch()
@@ -106,13 +112,14 @@ class ResourceQueue:
     def _dispatch(self) -> None:
         """Admit waiting entries while the window has room.
 
-        Invariant on return: ``len(running) <= window``, and either the window is full or
+        Invariant on return: ``len(running) - len(finishing) <= window``, and either the
+        window is full or
         no dispatchable entry waits. Each turn takes the policy's best entry (ties broken
         by the policy with sequence numbers, so the same inputs give the same order);
         an entry of a suspended process is parked, neither run nor lost, until resume.
         It never blocks: it is called synchronously whenever a slot frees or work arrives.
         """
-        while len(self.running) < self.window:
+        while self._occupied() < self.window:
             entry = self.policy.pop()
             if entry is None:
                 return
@@ -131,6 +138,8 @@ class ResourceQueue:
         self.admitted += 1
         if len(self.running) > self.max_running:
             self.max_running = len(self.running)
+        if self._occupied() > self.max_occupied:
+            self.max_occupied = self._occupied()
         self.policy.on_admit(entry, now)
         if self._on_wait is not None:
             self._on_wait(entry, now - entry.enqueued_at)
@@ -146,7 +155,7 @@ class ResourceQueue:
     def _preempt_for(self, waiting: Entry) -> None:
         """If the window is full, ask the least urgent less-urgent runner to yield."""
         if (not self.preempt_enabled or not self.policy.priority_classes
-                or len(self.running) < self.window):
+                or self._occupied() < self.window):
             return
         victim: Entry | None = None
         for r in self.running:
@@ -156,6 +165,15 @@ class ResourceQueue:
                 victim = r
         if victim is not None:
             victim.preempt = True
+
+    def _occupied(self) -> int:
+        return len(self.running) - len(self.finishing)
+
+    def finishing_soon(self, entry: Entry) -> None:
+        """``entry`` has at most one token left: admit its successor now (hand-over)."""
+        if entry.state is EntryState.RUNNING and entry not in self.finishing:
+            self.finishing.add(entry)
+            self._dispatch()
 
     # -- process control --------------------------------------------------------------
 
