@@ -96,7 +96,8 @@ async def test_priority_order_and_preemption_with_exact_resume() -> None:
     backend = ScriptedLLM([text, "urgent reply"], token_delay=0.001)
     async with aios.Kernel(cfg("priority"), backends={"default": backend}) as k:
         low = k.spawn(ask, priority=5)
-        await anyio.sleep(0.005)  # low is generating
+        while not backend.requests:  # wait until low is generating
+            await anyio.sleep(0.001)
         high = k.spawn(ask, priority=0)
         assert await high.wait() == "urgent reply"
         assert not low.done  # the urgent one finished first: low was preempted
@@ -134,20 +135,27 @@ async def test_suspended_agent_is_not_dispatched_until_resumed() -> None:
 
 async def test_set_priority_reorders_queued_syscalls() -> None:
     order: list[str] = []
+    gate = anyio.Event()
+
+    class Gated(ScriptedLLM):
+        async def generate(self, request: Any) -> Any:  # type: ignore[override]
+            await gate.wait()  # holds the only slot until the test opens the gate
+            async for chunk in super().generate(request):
+                yield chunk
 
     async def agent(ctx: aios.Context) -> None:
         await ctx.llm.chat(MSG, max_tokens=1)
         order.append(ctx.name)
 
-    backend = ScriptedLLM(default="x", token_delay=0.002)
     async with aios.Kernel(cfg("priority", window=1, preempt=False),
-                           backends={"default": backend}) as k:
+                           backends={"default": Gated(default="x")}) as k:
         first = k.spawn(agent, name="first")
-        await anyio.sleep(0.001)
+        await anyio.wait_all_tasks_blocked()
         a = k.spawn(agent, name="a", priority=1)
         b = k.spawn(agent, name="b", priority=2)
         await anyio.wait_all_tasks_blocked()
         b.set_priority(0)
+        gate.set()
         for p in (first, a, b):
             await p.wait()
     assert order == ["first", "b", "a"]

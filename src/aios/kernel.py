@@ -359,6 +359,7 @@ class Kernel:
                             token_ids.extend(chunk.token_ids)
                         n_out += chunk.n_tokens
                         seg_out += chunk.n_tokens
+                        proc.attained += chunk.n_tokens  # LAS sees service as it accrues
                         if chunk.text:
                             text = chunk.text
                             if produced < emitted:  # recomputing after a lost checkpoint:
@@ -397,8 +398,9 @@ class Kernel:
                             await aclose()
                     service = float(seg_out)
                     if final is not None and final.usage is not None:
-                        service += final.usage.prompt_tokens - final.usage.cached_tokens
-                    proc.attained += service
+                        prefill = final.usage.prompt_tokens - final.usage.cached_tokens
+                        service += prefill
+                        proc.attained += prefill
                     proc.service_s += clock() - t0
                     queue.release(entry, service)
                 if final is not None:

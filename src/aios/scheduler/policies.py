@@ -56,14 +56,24 @@ class RoundRobinPolicy(HeapPolicy):
 
 
 class LASPolicy(HeapPolicy):
-    """Least attained service first, with linear aging (see the module docstring)."""
+    """Least attained service first, with linear aging (see the module docstring).
+
+    Preemptive like Autellix's program-level LAS: a generation that has run a quantum
+    (``time_slice_ms``) yields when a waiting syscall's program has attained less
+    service than its own has by now (its attained service grows with every token).
+    """
 
     def __init__(self, config: SchedulerConfig) -> None:
         super().__init__(config)
         self.rate = config.aging_tokens_per_s
+        self.time_slice_s = config.time_slice_ms / 1000.0
 
     def key(self, entry: Entry, now: float) -> Any:
         return (entry.priority, entry.proc.attained + self.rate * now, entry.seq)
+
+    def yield_to_waiting(self, entry: Entry, now: float) -> bool:
+        head = self.peek()
+        return head is not None and head[0] < self.key(entry, now)
 
 
 class FairPolicy(SchedulingPolicy):

@@ -116,6 +116,11 @@ class SchedulingPolicy(ABC):
     def __len__(self) -> int:
         """How many entries wait."""
 
+    def yield_to_waiting(self, entry: Entry, now: float) -> bool:
+        """A running entry has used its time slice while others wait: should it yield?
+        Default: yes (round robin). Called only when ``time_slice_s`` is set."""
+        return True
+
     def on_admit(self, entry: Entry, now: float) -> None:  # noqa: B027 - optional hook
         """An entry starts running."""
 
@@ -154,6 +159,16 @@ class HeapPolicy(SchedulingPolicy):
         entry.token = self._next_token
         heapq.heappush(self._heap, (self.key(entry, now), entry.push_seq, entry.token, entry))
         self._live += 1
+
+    def peek(self) -> tuple[Any, Entry] | None:
+        """The key and entry that :meth:`pop` would return, without removing it."""
+        heap = self._heap
+        while heap:
+            key, _, token, entry = heap[0]
+            if entry.token == token and entry.state is EntryState.WAITING:
+                return key, entry
+            heapq.heappop(heap)
+        return None
 
     def pop(self) -> Entry | None:
         heap = self._heap

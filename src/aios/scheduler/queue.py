@@ -105,7 +105,8 @@ class ResourceQueue:
         if entry.preempt:
             return True
         ts = self.policy.time_slice_s
-        return ts is not None and now - entry.run_started >= ts and len(self.policy) > 0
+        return (ts is not None and now - entry.run_started >= ts and len(self.policy) > 0
+                and self.policy.yield_to_waiting(entry, now))
 
     # -- the dispatch loop ------------------------------------------------------------
 
