@@ -96,8 +96,8 @@ async def test_priority_order_and_preemption_with_exact_resume() -> None:
     backend = ScriptedLLM([text, "urgent reply"], token_delay=0.001)
     async with aios.Kernel(cfg("priority"), backends={"default": backend}) as k:
         low = k.spawn(ask, priority=5)
-        while not backend.requests:  # wait until low is generating
-            await anyio.sleep(0.001)
+        await anyio.wait_all_tasks_blocked()  # low is generating (sleeping between tokens)
+        assert backend.requests
         high = k.spawn(ask, priority=0)
         assert await high.wait() == "urgent reply"
         assert not low.done  # the urgent one finished first: low was preempted
