@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,11 @@ class LlamaCppBackend(LLMBackend):
         self._lock = anyio.Lock()
         self._start_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(1)
+        # The limiter and the anyio lock are released when a waiting task is cancelled,
+        # even though its worker thread is still inside llama.cpp (a native cancel at
+        # event-loop teardown does that): this lock, taken in the worker thread itself,
+        # is what guarantees that close() never frees the model under a running decode.
+        self._thread_lock = threading.Lock()
         self._counters: dict[str, float] = {
             "generations": 0,
             "tokens": 0,
@@ -198,7 +204,11 @@ class LlamaCppBackend(LLMBackend):
         return engine
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(self._locked, fn, *args, limiter=self._limiter)
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._thread_lock:
+            return fn(*args)
 
     # -- generation ----------------------------------------------------------------------
 
