@@ -133,40 +133,39 @@ def write_plots(out: Path, results: list[RunResult]) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    written = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def plot(name: str, xlabel: str, ylabel: str,
+             series: dict[str, tuple[list[float], list[float]]], logx: bool = False) -> Path:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    cdf: dict[str, tuple[list[float], list[float]]] = {}
+    rate: dict[str, tuple[list[float], list[float]]] = {}
     for r in results:
         xs = sorted(a.done - a.arrival for a in r.agents if a.done is not None and not a.error)
         if xs:
-            ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=r.system)
-    ax.set_xlabel("agent completion time (s)")
-    ax.set_ylabel("fraction of agents")
-    ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    p = out / "latency_cdf.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        if not r.calls:
-            continue
-        span = max(end for _, end, _, _ in r.calls)
-        bins = max(10, min(100, int(span)))
-        width = span / bins
-        tok = [0.0] * bins
-        for _, end, _, n in r.calls:
-            tok[min(bins - 1, int(end / width))] += n / width
-        ax.plot([width * (i + 0.5) for i in range(bins)], tok, label=r.system)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("completion tokens / s")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    p = out / "throughput.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
-    return written
+            cdf[r.system] = (xs, [(i + 1) / len(xs) for i in range(len(xs))])
+        if r.calls:
+            span = max(end for _, end, _, _ in r.calls)
+            bins = max(10, min(100, int(span)))
+            width = span / bins
+            tok = [0.0] * bins
+            for _, end, _, n in r.calls:
+                tok[min(bins - 1, int(end / width))] += n / width
+            rate[r.system] = ([width * (i + 0.5) for i in range(bins)], tok)
+    return [
+        plot("latency_cdf.png", "agent completion time (s)", "fraction of agents", cdf, True),
+        plot("throughput.png", "time (s)", "completion tokens / s", rate),
+    ]
