@@ -32,7 +32,8 @@ test-fast: lint
 	$(BIN)/pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	mkdir -p benchmarks/out
+	bash benchmarks/run_all.sh
 
 clean:
 	rm -rf $(VENV) .aios build
