@@ -379,7 +379,8 @@ class Kernel:
                             and (call.max_tokens is None or n_out < call.max_tokens)
                         ):
                             t_save = clock()
-                            if res.caps.kv_snapshot and isinstance(stream, SupportsKVSnapshot):
+                            if (res.caps.kv_snapshot and self.config.checkpoint_kv_cap_bytes
+                                    and isinstance(stream, SupportsKVSnapshot)):
                                 kv = await stream.save_kv()
                             pending = ContextSwitch(syscall_id=sid, tokens=n_out,
                                                     save_s=clock() - t_save, save_bytes=0)

