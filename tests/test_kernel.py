@@ -320,3 +320,61 @@ async def test_backend_bug_reaches_the_agent_as_llm_error() -> None:
         with pytest.raises(aios.LLMError, match="kaboom"):
             await k.spawn(ask).wait()
         assert not k.llm_resources()["default"].queue.running
+
+
+async def test_rate_limited_syscall_narrows_the_window_and_is_retried() -> None:
+    from aios.errors import RateLimited
+    from aios.llm.base import GenerationRequest
+
+    class Picky(ScriptedLLM):
+        """Rejects whatever arrives while two are already generating."""
+
+        def __init__(self) -> None:
+            super().__init__(default="a b c d", token_delay=0.001)
+            self.active = 0
+            self.rejected = 0
+
+        async def generate(self, request: GenerationRequest) -> Any:  # type: ignore[override]
+            if self.active >= 2:
+                self.rejected += 1
+                raise RateLimited("busy", retry_after=0.001)
+            self.active += 1
+            try:
+                async for chunk in super().generate(request):
+                    yield chunk
+            finally:
+                self.active -= 1
+
+    backend = Picky()
+    async with aios.Kernel(cfg("fifo", window=4), backends={"default": backend}) as k:
+        procs = [k.spawn(ask) for _ in range(8)]
+        assert [await p.wait() for p in procs] == ["a b c d"] * 8
+        q = k.llm_resources()["default"].queue
+    assert backend.rejected > 0
+    assert q.rejections == backend.rejected
+    assert q.limit < 4  # the window in force came down to what the backend absorbs
+
+
+async def test_rate_limited_past_max_retries_reaches_the_agent() -> None:
+    from aios.errors import RateLimited
+
+    class Never(ScriptedLLM):
+        async def generate(self, request: Any) -> Any:  # type: ignore[override]
+            raise RateLimited("always busy", retry_after=0.0)
+            yield  # pragma: no cover
+
+    config = aios.KernelConfig(llm=[aios.LLMConfig(max_concurrency=1, max_retries=2)])
+    async with aios.Kernel(config, backends={"default": Never()}) as k:
+        with pytest.raises(aios.RateLimited, match="always busy"):
+            await k.spawn(ask).wait()
+        assert k.llm_resources()["default"].queue.rejections == 3
+
+
+async def test_preempt_off_means_no_time_slice_preemption_either() -> None:
+    backend = ScriptedLLM(default=" ".join(["w"] * 20), token_delay=0.001)
+    async with aios.Kernel(cfg("rr", window=1, time_slice_ms=1, preempt=False),
+                           backends={"default": backend}) as k:
+        procs = [k.spawn(ask) for _ in range(3)]
+        for p in procs:
+            await p.wait()
+        assert sum(p.info().context_switches for p in procs) == 0

@@ -53,7 +53,9 @@ class SchedulerConfig(_Strict):
     aging_tokens_per_s: float = Field(default=200.0, ge=0)
     """``las``: how fast a waiting syscall's attained service is forgiven (tokens/s)."""
     preempt: bool = True
-    """Stop the least urgent running generation when a more urgent class waits."""
+    """Preempt running generations: for a more urgent class that waits, and at the end of
+    a time slice (``rr``, ``las``). False: a generation, once admitted, runs to its end
+    (it still yields when its process is suspended)."""
     fair_by: Literal["group", "agent"] = "group"
     """``fair``: count virtual tokens per process group or per agent."""
     options: dict[str, Any] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ from aios.errors import (
     KernelClosedError,
     LLMError,
     ProcessError,
+    RateLimited,
     SyscallError,
 )
 from aios.llm.base import (
@@ -324,18 +325,21 @@ class Kernel:
         pending: ContextSwitch | None = None   # preempted, not yet resumed
         saved = False        # a checkpoint row exists (delete it at the end)
         awaiting_first = False
+        rejections = 0
+        resume: Resume | None = None
         final = None
         try:
             while True:
                 await queue.acquire(entry)
                 t0 = clock()
                 seg_out = 0
+                rejected: RateLimited | None = None
                 kv: bytes | None = None
                 stream: AsyncIterator[Chunk] | None = None
                 # From here on the slot is ours: every exit path goes through the
                 # `finally` below, which gives it back.
                 try:
-                    resume: Resume | None = None
+                    # (After a rejection, `resume` stays what the rejected attempt used.)
                     if pending is not None:
                         resume = await self._restore(res, proc, sid, pending, parts, token_ids)
                         if resume is None:
@@ -385,6 +389,14 @@ class Kernel:
                             pending = ContextSwitch(syscall_id=sid, tokens=n_out,
                                                     save_s=clock() - t_save, save_bytes=0)
                             break
+                except RateLimited as exc:
+                    # Refused before its first token: the kernel narrows this backend's
+                    # window and queues the syscall again after a backoff (bounded).
+                    if exc.syscall is None:
+                        exc.syscall = call
+                    rejected = exc
+                    if seg_out or rejections >= res.config.max_retries:
+                        raise
                 except AIOSError as exc:
                     if isinstance(exc, SyscallError) and exc.syscall is None:
                         exc.syscall = call
@@ -403,9 +415,17 @@ class Kernel:
                         service += prefill
                         proc.attained += prefill
                     proc.service_s += clock() - t0
-                    queue.release(entry, service)
+                    queue.release(entry, service, rejected=rejected is not None)
                 if final is not None:
                     break
+                if rejected is not None:
+                    rejections += 1
+                    delay = min(2.0, max(rejected.retry_after or 0.0, 0.05 * 2**rejections))
+                    log.info("syscall.rate_limited", pid=proc.pid, syscall=sid,
+                             retry_in=round(delay, 3), window=queue.limit)
+                    rejected = None
+                    await anyio.sleep(delay)
+                    continue
                 if pending is None:
                     raise BadResponse(f"backend {res.name!r} ended a generation without a "
                                       "finish_reason", syscall=call)

@@ -48,6 +48,10 @@ def summarize(r: RunResult) -> dict[str, Any]:
         by_cls[a.cls].append(a.done - a.arrival)
     # Fairness across groups: service (completion tokens) each group received while all
     # groups were still active, i.e. up to the time the first group had finished.
+    # Per-class LLM call latency: what a person waiting on one reply sees.
+    call_lat: dict[str, list[float]] = defaultdict(list)
+    for start, end, _g, _n, cls in r.calls:
+        call_lat[cls].append(end - start)
     groups = sorted({a.group for a in r.agents})
     fairness = None
     service: dict[str, int] = {}
@@ -55,7 +59,7 @@ def summarize(r: RunResult) -> dict[str, Any]:
         last = {g: max((a.done or 0.0) for a in r.agents if a.group == g) for g in groups}
         horizon = min(last.values())
         service = {g: 0 for g in groups}
-        for _start, end, g, n in r.calls:
+        for _start, end, g, n, _cls in r.calls:
             if end <= horizon:
                 service[g] += n
         fairness = jain([float(v) for v in service.values()])
@@ -70,6 +74,7 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "makespan_s": makespan,
         "act": _lat(act),
         "per_class": {c: _lat(v) for c, v in sorted(by_cls.items())},
+        "per_class_call": {c: _lat(v) for c, v in sorted(call_lat.items())},
         "agents_per_min": len(ok) / makespan * 60 if makespan else float("nan"),
         "tokens_per_s": tokens / makespan if makespan else float("nan"),
         "jain": fairness,
@@ -108,15 +113,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {_f(r['peak_rss_mb'], '.0f')} |")
     classes = sorted({c for r in rows for c in r["per_class"]})
     if len(classes) > 1:
-        lines += ["", "Per-class agent completion time (s), p50 / p99:", "",
-                  "| system | " + " | ".join(classes) + " |",
-                  "|---|" + "---:|" * len(classes)]
-        for r in rows:
-            cells = []
-            for c in classes:
-                pc = r["per_class"].get(c)
-                cells.append(f"{_f(pc['p50'])} / {_f(pc['p99'])}" if pc else "-")
-            lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+        for key, title in (("per_class", "agent completion time (s)"),
+                           ("per_class_call", "LLM call latency (s)")):
+            lines += ["", f"Per-class {title}, p50 / p99:", "",
+                      "| system | " + " | ".join(classes) + " |",
+                      "|---|" + "---:|" * len(classes)]
+            for r in rows:
+                cells = []
+                for c in classes:
+                    pc = r[key].get(c)
+                    cells.append(f"{_f(pc['p50'], '.3f')} / {_f(pc['p99'], '.3f')}"
+                                 if pc else "-")
+                lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -158,11 +166,11 @@ def write_plots(out: Path, results: list[RunResult]) -> list[Path]:
         if xs:
             cdf[r.system] = (xs, [(i + 1) / len(xs) for i in range(len(xs))])
         if r.calls:
-            span = max(end for _, end, _, _ in r.calls)
+            span = max(c[1] for c in r.calls)
             bins = max(10, min(100, int(span)))
             width = span / bins
             tok = [0.0] * bins
-            for _, end, _, n in r.calls:
+            for _, end, _, n, _ in r.calls:
                 tok[min(bins - 1, int(end / width))] += n / width
             rate[r.system] = ([width * (i + 0.5) for i in range(bins)], tok)
     return [

@@ -61,8 +61,8 @@ class AgentRecord:
 class RunResult:
     system: str
     agents: list[AgentRecord]
-    calls: list[tuple[float, float, str, int]] = field(default_factory=list)
-    """(start, end, group, completion tokens) of every LLM call."""
+    calls: list[tuple[float, float, str, int, str]] = field(default_factory=list)
+    """(start, end, group, completion tokens, class) of every LLM call."""
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -94,7 +94,7 @@ async def react_agent(spec: AgentSpec, call: CallFn, rec: AgentRecord,
             end = clock() - t0
             rec.tokens += n
             rec.calls += 1
-            result.calls.append((start, end, spec.group, n))
+            result.calls.append((start, end, spec.group, n, spec.cls))
             msgs.append({"role": "assistant", "content": f"step {step} done ({n} tokens)"})
             if step + 1 < spec.steps:
                 await anyio.sleep(spec.tool_s)

@@ -37,6 +37,9 @@ class ResourceQueue:
             raise ValueError(f"admission window of {name} must be >= 1, got {window}")
         self.name = name
         self.window = window
+        self.limit = float(window)
+        """The window in force: lowered when the backend rejects work (429), raised again
+        by one slot per window's worth of completions, never above ``window`` (AIMD)."""
         self.policy = policy
         self.preempt_enabled = preempt
         self.clock = clock
@@ -50,6 +53,7 @@ class ResourceQueue:
         self._on_wait = on_wait
         # counters
         self.admitted = 0
+        self.rejections = 0
         self.max_running = 0
         self.max_occupied = 0
 
@@ -66,7 +70,7 @@ class ResourceQueue:
         """Wait until ``entry`` is admitted (a slot is its own). Cancellation-safe."""
         entry.preempt = False
         entry.enqueued_at = now = self.clock()
-        if not len(self.policy) and self._occupied() < self.window and not entry.proc.suspended:
+        if not len(self.policy) and self._occupied() < int(self.limit) and not entry.proc.suspended:
             self._admit(entry, now)  # fast path: nobody waits, a slot is free
             return
         entry.state = EntryState.WAITING
@@ -90,12 +94,22 @@ class ResourceQueue:
                 self._forget(entry)
             raise
 
-    def release(self, entry: Entry, service: float) -> None:
-        """``entry`` stopped running (done, failed or preempted) after ``service`` tokens."""
+    def release(self, entry: Entry, service: float, *, rejected: bool = False) -> None:
+        """``entry`` stopped running (done, failed or preempted) after ``service`` tokens.
+
+        ``rejected``: the backend refused it for lack of capacity (rate limited): the
+        window in force drops below what was in flight, so the kernel, not the engine,
+        holds the excess; each later release raises it again by ``1/limit``.
+        """
         if entry.state is not EntryState.RUNNING:
             return
         self.running.discard(entry)
         self.finishing.discard(entry)
+        if rejected:
+            self.limit = max(1.0, min(self.limit, len(self.running) + 1.0) - 1.0)
+            self.rejections += 1
+        elif self.limit < self.window:
+            self.limit = min(float(self.window), self.limit + 1.0 / self.limit)
         entry.state = EntryState.DONE
         self.policy.on_release(entry, service)
         self._dispatch()
@@ -105,8 +119,8 @@ class ResourceQueue:
         if entry.preempt:
             return True
         ts = self.policy.time_slice_s
-        return (ts is not None and now - entry.run_started >= ts and len(self.policy) > 0
-                and self.policy.yield_to_waiting(entry, now))
+        return (self.preempt_enabled and ts is not None and now - entry.run_started >= ts
+                and len(self.policy) > 0 and self.policy.yield_to_waiting(entry, now))
 
     # -- the dispatch loop ------------------------------------------------------------
 
@@ -120,7 +134,7 @@ class ResourceQueue:
         an entry of a suspended process is parked, neither run nor lost, until resume.
         It never blocks: it is called synchronously whenever a slot frees or work arrives.
         """
-        while self._occupied() < self.window:
+        while self._occupied() < int(self.limit):
             entry = self.policy.pop()
             if entry is None:
                 return
@@ -156,7 +170,7 @@ class ResourceQueue:
     def _preempt_for(self, waiting: Entry) -> None:
         """If the window is full, ask the least urgent less-urgent runner to yield."""
         if (not self.preempt_enabled or not self.policy.priority_classes
-                or self._occupied() < self.window):
+                or self._occupied() < int(self.limit)):
             return
         victim: Entry | None = None
         for r in self.running:
@@ -168,7 +182,10 @@ class ResourceQueue:
             victim.preempt = True
 
     def _occupied(self) -> int:
-        return len(self.running) - len(self.finishing)
+        # Early hand-over only while the backend takes everything it is given.
+        if self.limit >= self.window:
+            return len(self.running) - len(self.finishing)
+        return len(self.running)
 
     def finishing_soon(self, entry: Entry) -> None:
         """``entry`` has at most one token left: admit its successor now (hand-over)."""
