@@ -208,3 +208,20 @@ async def test_killed_mid_switch_leaves_no_checkpoint(tmp_path: Path) -> None:
             assert await p.wait() == TEXT
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (0,)
+
+
+async def test_failed_kv_snapshot_resumes_from_the_text() -> None:
+    class NoSave(_KVGen):
+        async def save_kv(self) -> bytes:
+            raise aios.BackendUnavailable("snapshot failed")
+
+    class Backend(KVScripted):
+        def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+            return NoSave(self, request)
+
+    backend = Backend(TEXT)
+    async with aios.Kernel(rr_config(), backends={"default": backend}) as k:
+        procs = [k.spawn(chat) for _ in range(2)]
+        assert [await p.wait() for p in procs] == [TEXT] * 2
+        modes = {s.restored for p in procs for s in p.switch_log}
+    assert modes == {"text"}

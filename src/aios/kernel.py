@@ -385,7 +385,11 @@ class Kernel:
                             t_save = clock()
                             if (res.caps.kv_snapshot and self.config.checkpoint_kv_cap_bytes
                                     and isinstance(stream, SupportsKVSnapshot)):
-                                kv = await stream.save_kv()
+                                try:
+                                    kv = await stream.save_kv()
+                                except AIOSError as exc:  # resume from the text instead
+                                    log.warning("checkpoint.kv_save_failed", pid=proc.pid,
+                                                syscall=sid, error=str(exc))
                             pending = ContextSwitch(syscall_id=sid, tokens=n_out,
                                                     save_s=clock() - t_save, save_bytes=0)
                             break
