@@ -272,3 +272,22 @@ async def test_a_generation_about_to_end_hands_its_slot_over_early() -> None:
         assert q.running == {b}      # c waits: a's early hand-over was b's
         q.release(b, 0)
     q.release(c, 0)
+
+
+async def test_urgent_admitted_beyond_the_engine_slots_preempts() -> None:
+    """The window has headroom over the engine's slots: an urgent syscall admitted into
+    that headroom would queue inside the engine, so a less urgent generation yields."""
+    q = ResourceQueue("llm:t", 3, PriorityPolicy(SchedulerConfig(policy="priority")),
+                      slots=2, clock=FakeClock())
+    old = q.new_entry(FakeProc(1), "old", 5, preemptible=True)
+    new = q.new_entry(FakeProc(2), "new", 5, preemptible=True)
+    await q.acquire(old)
+    q.clock.t += 1  # type: ignore[attr-defined]
+    await q.acquire(new)
+    assert not old.preempt and not new.preempt  # within the slots: nobody yields
+    urgent = q.new_entry(FakeProc(3), "urgent", 0)
+    await q.acquire(urgent)                   # window has room: admitted at once...
+    assert old.preempt                        # ...and the longest-running less urgent yields
+    assert not new.preempt
+    for e in (old, new, urgent):
+        q.release(e, 0)

@@ -157,7 +157,8 @@ class Kernel:
                 backend.log = self._log.bind(llm=name)
                 queue = ResourceQueue(
                     f"llm:{name}", window, policy_cls(self.config.scheduler),
-                    preempt=self.config.scheduler.preempt, on_wait=_count_wait,
+                    preempt=self.config.scheduler.preempt, slots=cfg.max_concurrency,
+                    on_wait=_count_wait,
                 )
                 await backend.start()
                 started.append(backend)

@@ -30,6 +30,7 @@ class ResourceQueue:
         policy: SchedulingPolicy,
         *,
         preempt: bool = True,
+        slots: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_wait: Callable[[Entry, float], None] | None = None,
     ) -> None:
@@ -37,6 +38,10 @@ class ResourceQueue:
             raise ValueError(f"admission window of {name} must be >= 1, got {window}")
         self.name = name
         self.window = window
+        self.slots = slots or window
+        """How many generations the engine runs at once; the window may exceed it (the
+        engine then queues the rest), and an urgent syscall admitted beyond the slots
+        preempts a less urgent one just as one waiting at a full window does."""
         self.limit = float(window)
         """The window in force: lowered when the backend rejects work (429), raised again
         by one slot per window's worth of completions, never above ``window`` (AIMD)."""
@@ -156,6 +161,8 @@ class ResourceQueue:
         if self._occupied() > self.max_occupied:
             self.max_occupied = self._occupied()
         self.policy.on_admit(entry, now)
+        if len(self.running) > self.slots:
+            self._preempt_for(entry)
         if self._on_wait is not None:
             self._on_wait(entry, now - entry.enqueued_at)
 
@@ -167,16 +174,19 @@ class ResourceQueue:
             self.policy.remove(entry)
         entry.state = EntryState.DONE
 
-    def _preempt_for(self, waiting: Entry) -> None:
-        """If the window is full, ask the least urgent less-urgent runner to yield."""
+    def _preempt_for(self, urgent: Entry) -> None:
+        """If ``urgent`` waits at a full window, or was admitted beyond the engine's slots,
+        ask the least urgent running generation that is less urgent than it to yield (of
+        equals, the one running longest: the one most surely in the engine's batch)."""
         if (not self.preempt_enabled or not self.policy.priority_classes
-                or self._occupied() < int(self.limit)):
+                or (self._occupied() < int(self.limit) and len(self.running) <= self.slots)):
             return
         victim: Entry | None = None
         for r in self.running:
-            if r.preemptible and not r.preempt and r.priority > waiting.priority and (
-                victim is None or (r.priority, r.seq) > (victim.priority, victim.seq)
-            ):
+            if (r.preemptible and not r.preempt and r.priority > urgent.priority
+                    and r not in self.finishing
+                    and (victim is None or (r.priority, -r.run_started)
+                         > (victim.priority, -victim.run_started))):
                 victim = r
         if victim is not None:
             victim.preempt = True
