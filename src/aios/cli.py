@@ -56,13 +56,16 @@ def load_agent(ref: str) -> Callable[..., Awaitable[Any]]:
     return fn
 
 
-def _load_config(path: str | None, policy: str | None) -> KernelConfig:
+def _load_config(path: str | None, policy: str | None, log: str | None) -> KernelConfig:
     path = path or os.environ.get("AIOS_CONFIG")
     cfg = KernelConfig.from_toml(path) if path else KernelConfig()
+    data = cfg.model_dump()
     if policy:
-        cfg = cfg.model_copy(update={"scheduler": cfg.scheduler.model_copy(
-            update={"policy": policy})})
-    return cfg
+        data["scheduler"]["policy"] = policy
+    if log:
+        data["log_format"] = log
+        data["log_level"] = "debug" if log != "off" else data["log_level"]
+    return KernelConfig.from_dict(data)
 
 
 def _ps_table(infos: Sequence[ProcessInfo], title: str) -> Any:
@@ -86,7 +89,7 @@ async def _run(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     agent = load_agent(args.agent)
-    cfg = _load_config(args.config, args.policy)
+    cfg = _load_config(args.config, args.policy, args.log)
     priorities = [int(p) for p in args.priorities.split(",")] if args.priorities else [0]
     console = Console(stderr=True)
     out = Console()
@@ -159,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", help="scheduling policy (overrides the config)")
     run.add_argument("--priorities", help="comma-separated priorities, cycled over agents")
     run.add_argument("--live", action="store_true", help="live view even when not a terminal")
+    run.add_argument("--log", choices=["console", "json", "off"],
+                     help="syscall lifecycle log on stderr (queued, dispatched, preempted, "
+                          "done), for people or machines")
     run.set_defaults(func=lambda a: anyio.run(_run, a))
 
     plugins = sub.add_parser("plugins", help="list the plugins found and their status")
