@@ -381,7 +381,8 @@ class Kernel:
                         if (
                             preemptible
                             and queue.should_yield(entry, clock())
-                            and (call.max_tokens is None or n_out < call.max_tokens)
+                            # one token from the end, finishing beats switching
+                            and (call.max_tokens is None or n_out + 1 < call.max_tokens)
                         ):
                             t_save = clock()
                             if (res.caps.kv_snapshot and self.config.checkpoint_kv_cap_bytes
