@@ -9,12 +9,7 @@ and checking every request body field by field.
 from __future__ import annotations
 
 import json
-import re
-import select
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,6 +37,7 @@ from aios.errors import (
 from aios.llm.base import Chunk, GenerationRequest, Resume
 from aios.llm.openai_backend import OpenAIBackend
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
+from aios.testing import SimServer, sim_server
 
 # Retries in these tests must cost microseconds, not the production quarter second.
 FAST = {"backoff_base_s": 0.0001, "backoff_cap_s": 0.001, "seed": 7}
@@ -682,41 +678,13 @@ async def test_empty_model_uses_the_first_one_the_server_lists(
 SIM_ARGS = ["--slots", "1", "--queue-cap", "2", "--time-scale", "0.2"]
 
 
-@dataclass
-class Sim:
-    base_url: str
-    root: str  # without /v1, for /stats
+Sim = SimServer
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Sim]:
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aios.llm.server", "--port", "0", *SIM_ARGS],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        assert proc.stdout is not None
-        try:
-            ready, _, _ = select.select([proc.stdout], [], [], 20)
-            line = proc.stdout.readline() if ready else ""
-            found = re.search(r"listening on (http://127\.0\.0\.1:(\d+)/v1)", line)
-            if found is None:
-                proc.kill()
-                proc.wait()
-                stderr.seek(0)
-                pytest.fail(f"sim-serve did not start: {line!r} {stderr.read().decode()!r}")
-            url = found.group(1)
-            yield Sim(base_url=url, root=url.removesuffix("/v1"))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+def sim() -> Iterator[SimServer]:
+    with sim_server(*SIM_ARGS) as server:
+        yield server
 
 
 @pytest.fixture

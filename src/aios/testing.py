@@ -4,13 +4,21 @@
   order, and records every request it got.
 * :class:`EchoLLM` answers every request at once with a fixed text: the cheapest backend,
   used to measure the kernel's own overhead.
+* :func:`sim_server` runs ``aios sim-serve`` in a subprocess on 127.0.0.1 for tests that
+  need a real OpenAI-compatible server over HTTP.
 
 Use them as ``aios.Kernel(config, backends={"default": ScriptedLLM([...])})``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import re
+import select
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +27,7 @@ import anyio
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
 from aios.syscalls import ToolCallRequest, Usage
 
-__all__ = ["EchoLLM", "ScriptedLLM", "ScriptedReply"]
+__all__ = ["EchoLLM", "ScriptedLLM", "ScriptedReply", "SimServer", "sim_server"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +111,47 @@ class EchoLLM(LLMBackend):
 
     def stats(self) -> dict[str, Any]:
         return {"calls": self.calls}
+
+
+@dataclass(frozen=True, slots=True)
+class SimServer:
+    """A running ``aios sim-serve``: ``base_url`` ends in ``/v1``; ``root`` has /stats."""
+
+    base_url: str
+    root: str
+
+
+@contextmanager
+def sim_server(*args: str, timeout: float = 20.0) -> Iterator[SimServer]:
+    """Run ``aios sim-serve --port 0 ARGS`` (on 127.0.0.1) for the ``with`` block.
+
+    ``args`` are sim-serve's engine options, e.g. ``"--slots", "2", "--queue-cap", "4"``.
+    Raises RuntimeError with the server's stderr if it does not start within ``timeout``.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aios.llm.server", "--host", "127.0.0.1", "--port", "0",
+             *args],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+        assert proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            line = proc.stdout.readline() if ready else ""
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1)", line)
+            if found is None:
+                proc.kill()
+                proc.wait()
+                stderr.seek(0)
+                raise RuntimeError(
+                    f"sim-serve did not start: {line!r} {stderr.read().decode()!r}")
+            url = found.group(1)
+            yield SimServer(base_url=url, root=url.removesuffix("/v1"))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
