@@ -438,6 +438,13 @@ class Kernel:
                 saved = True
                 pending = await self._checkpoint(res, proc, call, sid, pending, parts,
                                                  token_ids, n_out, kv)
+        except anyio.get_cancelled_exc_class():
+            log.debug("syscall.cancelled", pid=proc.pid, syscall=sid, tokens=n_out)
+            raise
+        except Exception as exc:
+            log.info("syscall.failed", pid=proc.pid, syscall=sid,
+                     error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             proc.entries.pop(entry, None)
             proc.in_syscall -= 1
