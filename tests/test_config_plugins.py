@@ -101,3 +101,21 @@ def test_every_error_is_an_aios_error() -> None:
 
     for name in e.__all__:
         assert issubclass(getattr(e, name), aios.AIOSError)
+
+
+def test_aios_plugins_lists_builtins_and_fails_on_a_broken_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aios.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "fifo" in out
+    assert "sim" in out
+    dist = tmp_path / "bad_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[aios.schedulers]\nlottery = nope_mod_q:L\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["plugins"]) == 1
+    assert "lottery" in capsys.readouterr().out

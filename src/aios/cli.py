@@ -135,7 +135,7 @@ def _plugins(args: argparse.Namespace) -> int:
         table.add_row(info.group, info.name, info.distribution, info.version,
                       "ok" if info.ok else f"[red]error: {info.error}[/red]")
     Console().print(table)
-    return 0
+    return 1 if bad else 0  # a broken plugin fails the command (for plugin authors' CI)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "done), for people or machines")
     run.set_defaults(func=lambda a: anyio.run(_run, a))
 
-    plugins = sub.add_parser("plugins", help="list the plugins found and their status")
+    plugins = sub.add_parser("plugins", help="list the plugins found and their status "
+                             "(exit status 1 if any failed to load)")
     plugins.set_defaults(func=_plugins)
 
     sim = sub.add_parser("sim-serve", help="the simulated engine as an OpenAI-compatible server")
