@@ -128,3 +128,17 @@ async def test_smollm2_preempted_through_the_kernel_gives_the_uninterrupted_text
     assert all(s.restored == "kv" for s in log)
     assert all(s.save_bytes > 100_000 for s in log)  # a real KV snapshot, not text only
 
+
+
+def test_react_example_runs_on_the_sim_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from aios.cli import main
+
+    agents = Path(__file__).parents[1] / "agents"
+    code = main(["run", f"{agents / 'react.py'}:react", "-n", "3",
+                 "--config", str(agents / "sim.toml")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("react-") >= 3
+    assert "summary: 3 agents" in out
