@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aios.errors import ConfigError
 
-__all__ = ["KernelConfig", "LLMConfig", "SchedulerConfig"]
+__all__ = ["KernelConfig", "LLMConfig", "SchedulerConfig", "config_error"]
 
 
 _DEPTH: ContextVar[int] = ContextVar("aios_config_depth", default=0)
@@ -40,7 +40,7 @@ class _Strict(BaseModel):
         except ValidationError as exc:
             if _DEPTH.get() > 1:
                 raise
-            raise _config_error(exc, type(self).__name__) from None
+            raise config_error(exc, prefix=type(self).__name__) from None
         finally:
             _DEPTH.reset(token)
 
@@ -117,7 +117,7 @@ class KernelConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _config_error(exc, "") from None
+            raise config_error(exc) from None
         finally:
             _DEPTH.reset(token)
 
@@ -173,15 +173,23 @@ def _index(part: str, var: str) -> int:
     return int(part)
 
 
-def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
+def config_error(
+    exc: ValidationError, *, prefix: str = "", where: str = "", unknown: str = "unknown key"
+) -> ConfigError:
+    """One :class:`ConfigError` from a pydantic ``ValidationError``.
+
+    Every problem is named by its dotted key (under ``prefix``); ``where`` says which
+    file or component the keys belong to. Plugins validating their own options use this
+    too, so every bad setting reads the same way.
+    """
     problems = []
-    first_key = None
     for err in exc.errors():
-        key = ".".join([prefix, *(str(p) for p in err["loc"])] if prefix else
-                       [str(p) for p in err["loc"]]) or "<root>"
-        first_key = first_key or key
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append(f"{key}: {msg}")
-    return ConfigError("invalid config: " + "; ".join(problems), key=None) if len(
-        problems
-    ) > 1 else ConfigError(problems[0].split(": ", 1)[1], key=first_key)
+        key = ".".join([*([prefix] if prefix else []), *(str(p) for p in err["loc"])])
+        msg = unknown if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append((key or "<root>", msg))
+    suffix = f" ({where})" if where else ""
+    first_key, first_msg = problems[0]
+    if len(problems) == 1:
+        return ConfigError(first_msg + suffix, key=first_key)
+    listed = "; ".join(f"{k}: {m}" for k, m in problems[1:])
+    return ConfigError(f"{first_msg}{suffix}; also {listed}", key=first_key)

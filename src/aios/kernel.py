@@ -325,6 +325,7 @@ class Kernel:
         resumed_tokens = 0   # completion tokens the last segment started from
         pending: ContextSwitch | None = None   # preempted, not yet resumed
         saved = False        # a checkpoint row exists (delete it at the end)
+        switches = 0
         awaiting_first = False
         rejections = 0
         resume: Resume | None = None
@@ -436,6 +437,7 @@ class Kernel:
                     raise BadResponse(f"backend {res.name!r} ended a generation without a "
                                       "finish_reason", syscall=call)
                 saved = True
+                switches += 1
                 pending = await self._checkpoint(res, proc, call, sid, pending, parts,
                                                  token_ids, n_out, kv)
         except anyio.get_cancelled_exc_class():
@@ -467,7 +469,7 @@ class Kernel:
                         cached_tokens=usage.cached_tokens),
             finish_reason=final.finish_reason or "stop",
             model=final.model,
-            context_switches=sum(1 for s in proc.switch_log if s.syscall_id == sid),
+            context_switches=switches,
         )
 
     async def _checkpoint(

@@ -90,8 +90,6 @@ class Process(Generic[T]):
         was restored (``kv``, ``text`` or ``recompute``)."""
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
-        self._resumed = anyio.Event()
-        self._resumed.set()
         self._result: Any = None
         self._exc: BaseException | None = None
         self._kill_requested = False
@@ -132,7 +130,6 @@ class Process(Generic[T]):
             return
         self.suspended = True
         self.state = ProcessState.SUSPENDED
-        self._resumed = anyio.Event()
         self._kernel._on_suspend(self)
 
     def resume(self) -> None:
@@ -141,7 +138,6 @@ class Process(Generic[T]):
             return
         self.suspended = False
         self.state = ProcessState.WAITING if self.in_syscall else ProcessState.RUNNING
-        self._resumed.set()
         self._kernel._on_resume(self)
 
     def set_priority(self, priority: int) -> None:

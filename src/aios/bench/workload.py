@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aios.config import config_error
 from aios.errors import ConfigError
 
 __all__ = ["AgentClass", "AgentSpec", "Dist", "Workload", "load_workload", "workload_dirs"]
@@ -185,7 +186,4 @@ def load_workload(ref: str) -> Workload:
     try:
         return Workload.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{path}: {key}: {msg}", key=key) from None
+        raise config_error(exc, where=f"in {path}", unknown="unknown field") from None

@@ -35,10 +35,9 @@ import anyio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aios.config import LLMConfig
+from aios.config import LLMConfig, config_error
 from aios.errors import (
     BackendUnavailable,
-    ConfigError,
     ContextWindowExceeded,
     LLMError,
     RateLimited,
@@ -121,19 +120,8 @@ def engine_config_from_options(options: Mapping[str, Any], prefix: str = "") -> 
     try:
         return SimEngineConfig.model_validate(dict(options))
     except ValidationError as exc:
-        problems: list[str] = []
-        first: str | None = None
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            key = f"{prefix}.{loc}" if prefix else loc
-            first = first or key
-            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{key}: {msg}")
-        if len(problems) == 1:
-            raise ConfigError(
-                "invalid sim engine option: " + problems[0].split(": ", 1)[1], key=first
-            ) from None
-        raise ConfigError("invalid sim engine options: " + "; ".join(problems), key=first) from None
+        raise config_error(exc, prefix=prefix, where="sim engine",
+                           unknown="unknown option") from None
 
 
 def engine_config_from_llm(config: LLMConfig) -> SimEngineConfig:

@@ -31,8 +31,8 @@ import anyio
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aios.config import LLMConfig
-from aios.errors import BackendUnavailable, ConfigError, ContextWindowExceeded, LLMError
+from aios.config import LLMConfig, config_error
+from aios.errors import BackendUnavailable, ContextWindowExceeded, LLMError
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
 from aios.syscalls import LLMChat, Usage
 from aios_llamacpp import _snapshot
@@ -97,12 +97,8 @@ class LlamaCppBackend(LLMBackend):
         try:
             self.options = LlamaCppOptions.model_validate(config.options)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-            raise ConfigError(
-                f"llm {config.name!r} (llamacpp): {msg}", key=f"options.{key}"
-            ) from None
+            raise config_error(exc, prefix="options", where=f"llm {config.name!r}, llamacpp",
+                               unknown="unknown option") from None
         self._engine: Engine | None = None
         self._closed = False
         self._formatter: Any = None
