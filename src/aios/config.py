@@ -20,7 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aios.errors import ConfigError
 
-__all__ = ["KernelConfig", "LLMConfig", "SchedulerConfig", "config_error"]
+__all__ = [
+    "AccessConfig",
+    "KernelConfig",
+    "LLMConfig",
+    "MCPServerConfig",
+    "MemoryConfig",
+    "SchedulerConfig",
+    "StorageConfig",
+    "ToolsConfig",
+    "config_error",
+]
 
 
 _DEPTH: ContextVar[int] = ContextVar("aios_config_depth", default=0)
@@ -90,9 +100,51 @@ class LLMConfig(_Strict):
         return self.max_concurrency + max(1, self.max_concurrency // 4)
 
 
+# -- family sections: each family's package owns the body of its class ------------------
+
+
+class ToolsConfig(_Strict):
+    """``[tools]``: the tool manager."""
+
+    builtin: list[str] = Field(default_factory=list)
+    """Built-in tools to enable by name (entry points in ``aios.tools``), e.g. ``calculator``."""
+
+
+class MCPServerConfig(_Strict):
+    """One ``[[mcp]]`` server: ``command`` (stdio) or ``url`` (streamable HTTP)."""
+
+    name: str
+
+
+class MemoryConfig(_Strict):
+    """``[memory]``: the memory manager."""
+
+    store: str = "sqlite"
+    """Name of a store in the ``aios.memory`` entry-point group."""
+
+
+class StorageConfig(_Strict):
+    """``[storage]``: the storage manager."""
+
+    store: str = "sqlite"
+    """Name of a store in the ``aios.storage`` entry-point group."""
+
+
+class AccessConfig(_Strict):
+    """``[access]``: capabilities, privilege groups, quotas, approval, audit."""
+
+    default: Literal["allow", "deny"] = "allow"
+    """Tools and LLMs a process may use when neither its caps nor its group say."""
+
+
 class KernelConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     llm: list[LLMConfig] = Field(default_factory=list)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    mcp: list[MCPServerConfig] = Field(default_factory=list)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     state_path: str | None = None
     """SQLite state database; ``None`` keeps it in memory for the kernel's lifetime."""
     autoload_plugins: bool = True

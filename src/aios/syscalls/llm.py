@@ -1,21 +1,14 @@
-"""Syscalls: the data an agent hands to the kernel, and the results it gets back.
-
-Syscalls are frozen pydantic models named ``<Resource><Action>`` with a ``kind`` literal
-discriminator. Agents do not build them by hand: the verbs on :class:`aios.Context`
-(``ctx.llm.chat``...) do, and pass them to the kernel's single ``submit()`` door.
-This module must never do I/O or import a backend SDK.
-"""
+"""LLM syscalls: one chat completion, and its result."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ChatResult",
     "LLMChat",
-    "Syscall",
     "ToolCallRequest",
     "Usage",
 ]
@@ -48,10 +41,6 @@ class LLMChat(_Frozen):
     @property
     def resource(self) -> str:
         return f"llm:{self.llm}"
-
-
-Syscall = Annotated[LLMChat, Field(discriminator="kind")]
-"""The union of all syscall models (more families join it as they land)."""
 
 
 class Usage(_Frozen):
