@@ -17,6 +17,8 @@ from aios.errors import (
     InvalidSyscall,
     KernelClosedError,
     LLMError,
+    MemoryNotFound,
+    MemoryStoreError,
     ModelNotFound,
     PermissionDenied,
     PluginError,
@@ -27,8 +29,10 @@ from aios.errors import (
     SyscallError,
 )
 from aios.kernel import Kernel
+from aios.memory.conversation import Conversation
 from aios.process import Process, ProcessInfo, ProcessState
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
+from aios.syscalls.memory import MemoryHit, MemoryItem
 
 __version__ = "0.1.0"
 
@@ -40,6 +44,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "ContextWindowExceeded",
+    "Conversation",
     "InvalidSyscall",
     "Kernel",
     "KernelClosedError",
@@ -48,6 +53,10 @@ __all__ = [
     "LLMConfig",
     "LLMError",
     "LLMStream",
+    "MemoryHit",
+    "MemoryItem",
+    "MemoryNotFound",
+    "MemoryStoreError",
     "ModelNotFound",
     "PermissionDenied",
     "PluginError",

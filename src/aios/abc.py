@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aios.errors import InvalidSyscall
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.memory.base import MemoryStore
 from aios.scheduler.policy import Entry, SchedulingPolicy
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "GenerationRequest",
     "KernelServices",
     "LLMBackend",
+    "MemoryStore",
     "Resume",
     "SchedulingPolicy",
     "Slot",

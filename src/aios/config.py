@@ -117,10 +117,35 @@ class MCPServerConfig(_Strict):
 
 
 class MemoryConfig(_Strict):
-    """``[memory]``: the memory manager."""
+    """``[memory]``: the memory manager (RAM tier with LRU-K over a persistent store)."""
 
     store: str = "sqlite"
     """Name of a store in the ``aios.memory`` entry-point group."""
+    window: int = Field(default=1, ge=1)
+    """Admission window of the ``memory:<store>`` resource. Memory syscalls run one at a
+    time (one writer connection); the window only lets more wait admitted, so 1 leaves
+    the whole order to the kernel's policy."""
+    ram_bytes_per_agent: int = Field(default=4 * 1024 * 1024, ge=0)
+    """RAM tier of each namespace (an agent's own, each group's), in bytes: text plus
+    JSON metadata plus about 200 bytes per cached memory. 0: no RAM tier."""
+    max_bytes_per_namespace: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Cap on what one namespace stores (UTF-8 text plus JSON metadata, in bytes);
+    going over raises ``QuotaExceeded`` (quota ``memory.namespace_bytes``)."""
+    max_text_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Longest text of one memory, in UTF-8 bytes (``MemoryStoreError`` beyond)."""
+    lru_k: int = Field(default=2, ge=1)
+    """K of LRU-K (O'Neil, O'Neil and Weikum 1993); 1 is plain LRU."""
+    lru_k_correlated_period: int = Field(default=2, ge=0)
+    """Correlated reference period, in references to the namespace's tier: a re-use
+    within it counts as the same use (an add read back at once), and protects the entry
+    from eviction."""
+    lru_k_retained_period: int = Field(default=100_000, ge=0)
+    """Retained information period, in references: how long an evicted memory's
+    reference history is kept, so that it is recognised when it comes back."""
+    write_back: bool = True
+    """Keep changes in the RAM tier until eviction, a search of their namespace or
+    kernel exit (fast; a crash loses them). False: write every change through at once."""
+
 
 
 class StorageConfig(_Strict):
