@@ -20,18 +20,23 @@ from aios.errors import (
     MemoryNotFound,
     MemoryStoreError,
     ModelNotFound,
+    PathInvalid,
     PermissionDenied,
     PluginError,
     ProcessError,
     ProcessKilled,
     QuotaExceeded,
     RateLimited,
+    StorageConflict,
+    StorageError,
+    StorageNotFound,
     SyscallError,
 )
 from aios.kernel import Kernel
 from aios.memory.conversation import Conversation
 from aios.process import Process, ProcessInfo, ProcessState
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
+from aios.syscalls.storage import FileInfo, FileVersion
 from aios.syscalls.memory import MemoryHit, MemoryItem
 
 __version__ = "0.1.0"
@@ -44,6 +49,8 @@ __all__ = [
     "ConfigError",
     "Context",
     "ContextWindowExceeded",
+    "FileInfo",
+    "FileVersion",
     "Conversation",
     "InvalidSyscall",
     "Kernel",
@@ -58,6 +65,7 @@ __all__ = [
     "MemoryNotFound",
     "MemoryStoreError",
     "ModelNotFound",
+    "PathInvalid",
     "PermissionDenied",
     "PluginError",
     "Process",
@@ -68,6 +76,9 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SchedulerConfig",
+    "StorageConflict",
+    "StorageError",
+    "StorageNotFound",
     "SyscallError",
     "ToolCallRequest",
     "Usage",

@@ -22,6 +22,7 @@ from aios.errors import InvalidSyscall
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.memory.base import MemoryStore
 from aios.scheduler.policy import Entry, SchedulingPolicy
+from aios.storage.base import StorageStore
 
 if TYPE_CHECKING:
     from aios.config import KernelConfig
@@ -40,6 +41,7 @@ __all__ = [
     "Resume",
     "SchedulingPolicy",
     "Slot",
+    "StorageStore",
     "SyscallContext",
     "SyscallHandler",
 ]

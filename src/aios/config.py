@@ -149,10 +149,31 @@ class MemoryConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    """``[storage]``: the storage manager."""
+    """``[storage]``: the storage manager (versioned, sandboxed file spaces)."""
 
     store: str = "sqlite"
     """Name of a store in the ``aios.storage`` entry-point group."""
+    window: int = Field(default=4, ge=1)
+    """Admission window of the ``storage:<store>`` resource: storage syscalls served at
+    once; the rest wait in the kernel's queue under its policy."""
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Largest single write, in bytes (``QuotaExceeded`` with quota
+    ``storage.file_bytes``)."""
+    quota_bytes: int | None = Field(default=1024 * 1024 * 1024, ge=0)
+    """Bytes of live files (latest versions, deletes excluded) per namespace; None: no
+    limit. History is bounded by retention instead."""
+    quota_files: int | None = Field(default=100_000, ge=0)
+    """Live files per namespace; None: no limit."""
+    keep_versions: int | None = Field(default=100, ge=1)
+    """Retention: a path keeps at least its newest N versions (the latest always)."""
+    keep_days: float | None = Field(default=None, gt=0)
+    """Retention: a path also keeps every version younger than this many days. With both
+    None, nothing is ever pruned."""
+    max_path_bytes: int = Field(default=1024, ge=16)
+    """Longest path (UTF-8 bytes, after normalisation); one component at most 255."""
+    index_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Text files up to this size are indexed for ``search`` (FTS5); larger ones and
+    binary files are stored but not searchable."""
 
 
 class AccessConfig(_Strict):
