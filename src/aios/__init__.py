@@ -10,12 +10,14 @@ from aios.config import KernelConfig, LLMConfig, SchedulerConfig
 from aios.context import Context, LLMStream
 from aios.errors import (
     AIOSError,
+    ApprovalDenied,
     BackendUnavailable,
     BadResponse,
     ConfigError,
     ContextWindowExceeded,
     InvalidSyscall,
     KernelClosedError,
+    KernelInternalError,
     LLMError,
     MemoryNotFound,
     MemoryStoreError,
@@ -31,6 +33,11 @@ from aios.errors import (
     StorageError,
     StorageNotFound,
     SyscallError,
+    ToolArgumentsInvalid,
+    ToolError,
+    ToolFailed,
+    ToolNotFound,
+    ToolTimeout,
 )
 from aios.kernel import Kernel
 from aios.memory.conversation import Conversation
@@ -38,24 +45,28 @@ from aios.process import Process, ProcessInfo, ProcessState
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
 from aios.syscalls.storage import FileInfo, FileVersion
 from aios.syscalls.memory import MemoryHit, MemoryItem
+from aios.syscalls.tools import ToolResult
+from aios.tools.function import tool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AIOSError",
+    "ApprovalDenied",
     "BackendUnavailable",
     "BadResponse",
     "ChatResult",
     "ConfigError",
     "Context",
     "ContextWindowExceeded",
+    "Conversation",
     "FileInfo",
     "FileVersion",
-    "Conversation",
     "InvalidSyscall",
     "Kernel",
     "KernelClosedError",
     "KernelConfig",
+    "KernelInternalError",
     "LLMChat",
     "LLMConfig",
     "LLMError",
@@ -80,7 +91,14 @@ __all__ = [
     "StorageError",
     "StorageNotFound",
     "SyscallError",
+    "ToolArgumentsInvalid",
     "ToolCallRequest",
+    "ToolError",
+    "ToolFailed",
+    "ToolNotFound",
+    "ToolResult",
+    "ToolTimeout",
     "Usage",
     "__version__",
+    "tool",
 ]

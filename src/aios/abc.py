@@ -23,6 +23,7 @@ from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Re
 from aios.memory.base import MemoryStore
 from aios.scheduler.policy import Entry, SchedulingPolicy
 from aios.storage.base import StorageStore
+from aios.tools.base import ToolProvider, ToolSpec
 
 if TYPE_CHECKING:
     from aios.config import KernelConfig
@@ -44,6 +45,8 @@ __all__ = [
     "StorageStore",
     "SyscallContext",
     "SyscallHandler",
+    "ToolProvider",
+    "ToolSpec",
 ]
 
 

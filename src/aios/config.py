@@ -107,13 +107,50 @@ class ToolsConfig(_Strict):
     """``[tools]``: the tool manager."""
 
     builtin: list[str] = Field(default_factory=list)
-    """Built-in tools to enable by name (entry points in ``aios.tools``), e.g. ``calculator``."""
+    """Entry points of ``aios.tools`` to enable by name, e.g. ``calculator``, ``python``
+    (opt-in: an installed tool plugin is not offered to agents until named here)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Default per-call timeout (seconds) for tools that set none."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Default admission window (calls at once) for tools that set none."""
+    max_result_chars: int = Field(default=100_000, ge=1)
+    """A tool result longer than this (as text) fails with ToolFailed instead of
+    flooding the model's context."""
+    approval_timeout_s: float = Field(default=300.0, gt=0)
+    """How long an irreversible call waits for its approver before it is denied."""
 
 
 class MCPServerConfig(_Strict):
     """One ``[[mcp]]`` server: ``command`` (stdio) or ``url`` (streamable HTTP)."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    """Prefix of its tools (``<name>__<tool>``) and its resource ``tools:mcp:<name>``."""
+    command: str | None = None
+    """Executable of a stdio server, started (and restarted) by the kernel."""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    """The stdio server's environment: only ``PATH``/``HOME``-like basics are inherited,
+    plus these."""
+    cwd: str | None = None
+    url: str | None = None
+    """Endpoint of a streamable-HTTP server (``http://127.0.0.1:8000/mcp``)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Per-call timeout (seconds); the call is cancelled on the server too."""
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    """Start + initialize must finish within this (seconds), or the attempt fails."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Calls in flight to this server at once (its resource's window)."""
+    allowed_tools: list[str] | None = None
+    """Offer only these of the server's tools (its own names); None: all."""
+    irreversible_tools: list[str] = Field(default_factory=list)
+    """The server's tools that need approval (its own names)."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) or url (streamable HTTP)")
+        return self
 
 
 class MemoryConfig(_Strict):
@@ -207,6 +244,10 @@ class KernelConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate llm names: {sorted(dup)}")
+        mcp = [c.name for c in self.mcp]
+        dup = {n for n in mcp if mcp.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate mcp server names: {sorted(dup)}")
         return self
 
     @classmethod

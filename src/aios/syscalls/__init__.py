@@ -10,10 +10,14 @@ backend SDK.
 from __future__ import annotations
 
 from aios.syscalls.llm import ChatResult, LLMChat, ToolCallRequest, Usage
+from aios.syscalls.tools import ToolCall, ToolResult, ToolSpecs
 
 __all__ = [
     "ChatResult",
     "LLMChat",
+    "ToolCall",
     "ToolCallRequest",
+    "ToolResult",
+    "ToolSpecs",
     "Usage",
 ]

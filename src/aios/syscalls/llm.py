@@ -70,3 +70,18 @@ class ChatResult(_Frozen):
     finish_reason: str = "stop"
     model: str = ""
     context_switches: int = 0
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The assistant message to append to the conversation (OpenAI shape: its
+        ``tool_calls`` included, ``content`` None when it only calls tools)."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        elif msg["content"] is None:
+            msg["content"] = ""
+        return msg
