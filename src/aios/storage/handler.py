@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from aios.abc import KernelServices, SyscallContext, SyscallHandler
 from aios.errors import InvalidSyscall, PluginError, QuotaExceeded
@@ -33,20 +33,24 @@ from aios.syscalls.storage import (
     StorageWrite,
 )
 
+if TYPE_CHECKING:
+    from aios.config import StorageConfig
+    from aios.plugins import PluginRegistry
+    from aios.state import StateDB
+
 __all__ = ["StorageHandler", "load_store"]
 
 M = TypeVar("M", FileVersion, FileInfo)
 T = TypeVar("T")
 
 
-def load_store(services: KernelServices) -> StorageStore:
-    """The configured store (``config.storage.store`` in group ``aios.storage``), built
-    but not started; ``PluginError`` if it is not a :class:`StorageStore`."""
-    cfg = services.config.storage
-    cls = services.registry.get("aios.storage", cfg.store)
+def load_store(config: StorageConfig, registry: PluginRegistry, db: StateDB) -> StorageStore:
+    """The configured store (``config.store`` in group ``aios.storage``), built but not
+    started; ``PluginError`` if it is not a :class:`StorageStore`."""
+    cls = registry.get("aios.storage", config.store)
     if not (isinstance(cls, type) and issubclass(cls, StorageStore)):
-        raise PluginError(cfg.store, "must be a subclass of aios.abc.StorageStore")
-    return cls(cfg, services.db)
+        raise PluginError(config.store, "must be a subclass of aios.abc.StorageStore")
+    return cls(config, db)
 
 
 class StorageHandler(SyscallHandler):
@@ -81,7 +85,7 @@ class StorageHandler(SyscallHandler):
         return f"storage:{self.config.store}"
 
     async def start(self) -> None:
-        store = load_store(self.services)
+        store = load_store(self.config, self.services.registry, self.services.db)
         await store.start()
         self._store = store
         self._queue = self.services.resource(self.resource_name, self.config.window)

@@ -11,6 +11,7 @@ own transaction: an import that fails midway (a quota) keeps the files before it
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,15 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from aios.errors import PathInvalid, QuotaExceeded, StorageError
+from aios.config import KernelConfig
+from aios.errors import ConfigError, PathInvalid, QuotaExceeded, StorageError
+from aios.plugins import PluginRegistry
+from aios.state import StateDB
 from aios.storage.base import StorageStore
 from aios.storage.paths import normalize
 
-__all__ = ["Transfer", "export_space", "import_directory"]
+__all__ = ["Transfer", "add_storage_arguments", "export_space", "import_directory",
+           "run_storage_command"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +102,65 @@ def _scan(root: Path, max_path_bytes: int) -> list[tuple[str, Path]]:
                 rel = (Path(dirpath) / dname).relative_to(root).as_posix()
                 raise PathInvalid(f"{rel!r} is a symlink (symlinks cannot be imported)")
     return files
+
+
+# -- the ``aios storage`` command ----------------------------------------------------------
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``aios storage export NAMESPACE DIR`` and ``aios storage import DIR NAMESPACE``."""
+    sub = parser.add_subparsers(dest="storage_command", required=True)
+    exp = sub.add_parser("export", help="write the latest version of each file of a space "
+                         "to a directory")
+    exp.add_argument("namespace", help="an agent's name, or group:<g>")
+    exp.add_argument("directory")
+    imp = sub.add_parser("import", help="write every file of a directory into a space, "
+                         "each as a new version")
+    imp.add_argument("directory")
+    imp.add_argument("namespace", help="an agent's name, or group:<g>")
+    for p in (exp, imp):
+        p.add_argument("--config", help="TOML config file (default: $AIOS_CONFIG)")
+        p.add_argument("--state", help="state database (default: state_path of the config)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+
+
+def run_storage_command(args: argparse.Namespace) -> int:
+    """Open the state database named by ``--state`` or the config, run the transfer, and
+    say what it did. A kernel may run on the same database meanwhile (WAL)."""
+    path = args.config or os.environ.get("AIOS_CONFIG")
+    cfg = KernelConfig.from_toml(path) if path else KernelConfig()
+    state = args.state or cfg.state_path
+    if not state:
+        raise ConfigError("aios storage needs a state database: --state PATH, or "
+                          "state_path in the config", key="state_path")
+    if args.storage_command == "export" and not Path(state).is_file():
+        raise ConfigError(f"no state database at {state}", key="state_path")
+    namespace = args.namespace
+    if not namespace or "/" in namespace:
+        raise ConfigError(f"a namespace is an agent's name or group:<g>, got {namespace!r}")
+    done = anyio.run(_transfer, cfg, state, args)
+    verb, where = (("exported", f"from {namespace!r} to {args.directory}")
+                   if args.storage_command == "export"
+                   else ("imported", f"from {args.directory} into {namespace!r}"))
+    print(f"{verb} {done.files} files ({done.bytes} bytes) {where}")
+    return 0
+
+
+async def _transfer(cfg: KernelConfig, state: str, args: argparse.Namespace) -> Transfer:
+    from aios.storage.handler import load_store
+
+    db = StateDB(state)
+    await db.open()
+    try:
+        store = load_store(cfg.storage, PluginRegistry(autoload=cfg.autoload_plugins), db)
+        await store.start()
+        try:
+            if args.storage_command == "export":
+                return await export_space(store, args.namespace, args.directory)
+            return await import_directory(store, args.directory, args.namespace,
+                                          max_path_bytes=cfg.storage.max_path_bytes)
+        finally:
+            await store.close()
+    finally:
+        await db.close()

@@ -1,0 +1,148 @@
+"""Storage through a real kernel (ctx.storage, the door, the storage:<store> queue) and the
+``aios storage export/import`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aios
+from aios.cli import main
+from aios.config import StorageConfig
+from aios.testing import ScriptedLLM
+
+
+def kernel(state: Path | None = None, **storage: Any) -> aios.Kernel:
+    cfg = aios.KernelConfig(state_path=str(state) if state else None,
+                            storage=StorageConfig(**storage))
+    return aios.Kernel(cfg, backends={"default": ScriptedLLM(["ok"])})
+
+
+async def test_agents_write_read_and_a_restarted_kernel_finds_everything(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+
+    async def writer(ctx: aios.Context) -> list[int]:
+        await ctx.storage.write("report.md", "# Report\nfirst")
+        await ctx.storage.write("report.md", "# Report\nsecond")
+        await ctx.storage.write("group:lab/plan.md", "shared plan")
+        return [v.version for v in await ctx.storage.history("report.md")]
+
+    async def reader(ctx: aios.Context) -> tuple[str, str, list[str]]:
+        own = await ctx.storage.read_text("report.md", version=1)
+        shared = await ctx.storage.read_text("group:lab/plan.md")
+        return own, shared, [h.path for h in await ctx.storage.search("report")]
+
+    async with kernel(state) as k:
+        p = k.spawn(writer, name="alice", group="lab")
+        assert await p.wait() == [1, 2]
+        assert p.info().storage_bytes == 14 + 15 + 11
+    async with kernel(state) as k:
+        again = k.spawn(reader, name="alice", group="lab")
+        assert await again.wait() == ("# Report\nfirst", "shared plan", ["report.md"])
+
+
+async def test_errors_reach_the_agent_typed() -> None:
+    async def probe(ctx: aios.Context) -> list[str]:
+        seen = []
+        for call in (lambda: ctx.storage.read("../etc/passwd"),
+                     lambda: ctx.storage.read("agent:alice/secret.md"),
+                     lambda: ctx.storage.read("group:other/x"),
+                     lambda: ctx.storage.read("missing.md"),
+                     lambda: ctx.storage.write("x", "y", if_version=3),
+                     lambda: ctx.storage.write("big", b"x" * 101),
+                     lambda: ctx.storage.search("")):
+            try:
+                await call()
+            except aios.AIOSError as exc:
+                seen.append(type(exc).__name__)
+        return seen
+
+    async with kernel(max_file_bytes=100) as k:
+        assert await k.spawn(probe, name="mallory").wait() == [
+            "PathInvalid", "PermissionDenied", "PermissionDenied", "StorageNotFound",
+            "StorageConflict", "QuotaExceeded", "InvalidSyscall"]
+
+
+async def test_bulk_writes_do_not_starve_a_read() -> None:
+    progress = {"writes": 0}
+    seen: dict[str, int] = {}
+
+    async def bulk(ctx: aios.Context) -> None:
+        for i in range(40):
+            await ctx.storage.write(f"bulk/{i}.bin", bytes(1000))
+            progress["writes"] += 1
+
+    async def quick(ctx: aios.Context) -> None:
+        await ctx.storage.write("note.md", "hello")
+        await ctx.storage.read("note.md")
+        seen["writes_when_done"] = progress["writes"]
+
+    async with kernel(window=1) as k:
+        a = k.spawn(bulk, name="bulk")
+        b = k.spawn(quick, name="quick")
+        await b.wait()
+        await a.wait()
+    # FIFO at a window of 1: the two syscalls of `quick` each wait for at most one write
+    assert seen["writes_when_done"] <= 3
+
+
+def test_export_then_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    state = tmp_path / "state.db"
+
+    async def seed() -> None:
+        async def agent(ctx: aios.Context) -> None:
+            await ctx.storage.write("a.md", "alpha")
+            await ctx.storage.write("dir/b.bin", bytes(range(256)))
+            await ctx.storage.write("gone.md", "deleted")
+            await ctx.storage.delete("gone.md")
+
+        async with kernel(state) as k:
+            await k.spawn(agent, name="alice").wait()
+
+    anyio.run(seed)
+    out = tmp_path / "out"
+    assert main(["storage", "export", "alice", str(out), "--state", str(state)]) == 0
+    assert "exported 2 files (261 bytes)" in capsys.readouterr().out
+    assert (out / "a.md").read_text() == "alpha"
+    assert (out / "dir" / "b.bin").read_bytes() == bytes(range(256))
+    assert not (out / "gone.md").exists()
+
+    (out / "a.md").write_text("alpha, edited outside")
+    assert main(["storage", "import", str(out), "group:lab", "--state", str(state)]) == 0
+    assert main(["storage", "import", str(out), "alice", "--state", str(state)]) == 0
+    assert "imported 2 files" in capsys.readouterr().out
+
+    async def check() -> tuple[list[int], bytes, list[str]]:
+        async def agent(ctx: aios.Context) -> tuple[list[int], bytes, list[str]]:
+            hist = [v.version for v in await ctx.storage.history("a.md")]
+            shared = await ctx.storage.read("group:lab/a.md")
+            return hist, shared, [i.path for i in await ctx.storage.list("group:lab")]
+
+        async with kernel(state) as k:
+            result: tuple[list[int], bytes, list[str]] = await k.spawn(
+                agent, name="alice", group="lab").wait()
+            return result
+
+    hist, shared, listed = anyio.run(check)
+    assert hist == [1, 2] and shared == b"alpha, edited outside"
+    assert listed == ["group:lab/a.md", "group:lab/dir/b.bin"]
+
+
+def test_storage_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["storage", "export", "alice", str(tmp_path / "o")]) == 2
+    assert "needs a state database" in capsys.readouterr().err
+    assert main(["storage", "export", "alice", str(tmp_path / "o"),
+                 "--state", str(tmp_path / "nope.db")]) == 2
+    assert "no state database" in capsys.readouterr().err
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.md").write_text("fine")
+    (src / "link").symlink_to(src / "ok.md")
+    assert main(["storage", "import", str(src), "alice",
+                 "--state", str(tmp_path / "s.db")]) == 2
+    assert "symlink" in capsys.readouterr().err
