@@ -150,6 +150,12 @@ def _sim_serve(args: argparse.Namespace) -> int:
     return run_sim_serve(args)
 
 
+def _storage(args: argparse.Namespace) -> int:
+    from aios.storage.transfer import run_storage_command
+
+    return run_storage_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aios", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "and a no-kernel baseline")
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
+
+    from aios.storage.transfer import add_storage_arguments
+
+    storage = sub.add_parser("storage", help="export a storage space to a directory, or "
+                             "import a directory into one")
+    add_storage_arguments(storage)
+    storage.set_defaults(func=_storage)
     return parser
 
 
