@@ -408,6 +408,28 @@ async def test_keep_versions_prunes_old_versions_and_their_blobs() -> None:
         assert await count(h, "storage_chunks") == 3
 
 
+async def test_pruning_keeps_chunks_and_blobs_still_in_use() -> None:
+    lines = [f"{i}: some text of a line that varies {i * 7919 % 1000}\n" for i in range(5000)]
+    a_text = "".join(lines)
+    lines[2500] = "an edit\n"
+    b_text = "".join(lines)
+    lines[100] = "another edit\n"
+    c_text = "".join(lines)
+    async with storage(keep_versions=1) as h:
+        a = Space(h, "alice")
+        await a.write("x", a_text)
+        await a.write("y", a_text)   # the same blob
+        await a.write("x", b_text)   # x's first version goes; its blob is still y's
+        assert await count(h, "storage_blobs") == 2
+        await a.write("y", c_text)   # now blob A goes, but most chunks live on in B and C
+        assert await count(h, "storage_blobs") == 2
+        assert await a.read("x") == b_text.encode() and await a.read("y") == c_text.encode()
+        async with h.services.db.conn.execute(
+                "SELECT min(refs), sum(length(data)) FROM storage_chunks") as cur:
+            row = await cur.fetchone()
+        assert row is not None and row[0] >= 1 and row[1] < len(b_text) + 20_000
+
+
 async def test_keep_days_prunes_on_prune() -> None:
     now = [1_000_000.0]
     async with storage(keep_versions=None, keep_days=1.0) as h:

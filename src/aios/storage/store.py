@@ -4,9 +4,10 @@ Layout (schema version 1, tables prefixed ``storage_``)::
 
     files    (id, ns, path, head, size, sha256, deleted, mtime)   one row per path
     versions (file, version, blob, size, time, author)            blob NULL: a tombstone
-    blobs    (sha256, size)                 content-addressed: identical content once
-    blob_chunks (blob, idx, chunk)          a blob is its chunks in order
-    chunks   (hash, data)                   content-addressed chunks, shared by blobs
+    blobs    (sha256, size, chunks)         content-addressed: identical content once;
+                                            chunks: its chunks' SHA-256s, concatenated
+    chunks   (hash, refs, data)             content-addressed chunks, shared by blobs,
+                                            refs counts the blobs' uses of each
     usage    (ns, bytes, files)             live bytes and files per namespace (quotas)
     fts      (path, body)                   FTS5 over the latest text of each live file
 
@@ -80,18 +81,13 @@ CREATE TABLE IF NOT EXISTS storage_versions (
 CREATE INDEX IF NOT EXISTS storage_versions_blob ON storage_versions (blob);
 CREATE TABLE IF NOT EXISTS storage_blobs (
     sha256 TEXT PRIMARY KEY,
-    size   INTEGER NOT NULL
+    size   INTEGER NOT NULL,
+    chunks BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS storage_blob_chunks (
-    blob  TEXT NOT NULL,
-    idx   INTEGER NOT NULL,
-    chunk BLOB NOT NULL,
-    PRIMARY KEY (blob, idx)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS storage_blob_chunks_chunk ON storage_blob_chunks (chunk);
 CREATE TABLE IF NOT EXISTS storage_chunks (
     id   INTEGER PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
+    refs INTEGER NOT NULL,
     data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS storage_usage (
@@ -271,14 +267,14 @@ class SQLiteStore(StorageStore):
         sha = hashlib.sha256(data).hexdigest()
         if conn.execute("SELECT 1 FROM storage_blobs WHERE sha256 = ?", (sha,)).fetchone():
             return sha
-        conn.execute("INSERT INTO storage_blobs VALUES (?, ?)", (sha, len(data)))
-        rows = []
-        for idx, chunk in enumerate(split_chunks(data)):
+        digests = []
+        for chunk in split_chunks(data):
             digest = hashlib.sha256(chunk).digest()
-            conn.execute("INSERT OR IGNORE INTO storage_chunks (hash, data) VALUES (?, ?)",
-                         (digest, chunk))
-            rows.append((sha, idx, digest))
-        conn.executemany("INSERT INTO storage_blob_chunks VALUES (?, ?, ?)", rows)
+            conn.execute("INSERT INTO storage_chunks (hash, refs, data) VALUES (?, 1, ?) "
+                         "ON CONFLICT (hash) DO UPDATE SET refs = refs + 1", (digest, chunk))
+            digests.append(digest)
+        conn.execute("INSERT INTO storage_blobs VALUES (?, ?, ?)",
+                     (sha, len(data), b"".join(digests)))
         return sha
 
     def _commit_version(self, conn: sqlite3.Connection, ns: str, path: str, blob: str | None,
@@ -367,14 +363,12 @@ class SQLiteStore(StorageStore):
             if conn.execute("SELECT 1 FROM storage_versions WHERE blob = ? LIMIT 1",
                             (blob,)).fetchone():
                 continue
-            chunks = {c for (c,) in conn.execute(
-                "SELECT chunk FROM storage_blob_chunks WHERE blob = ?", (blob,))}
-            conn.execute("DELETE FROM storage_blob_chunks WHERE blob = ?", (blob,))
+            digests = _digests(conn, blob)
             conn.execute("DELETE FROM storage_blobs WHERE sha256 = ?", (blob,))
-            for chunk in chunks:
-                if not conn.execute("SELECT 1 FROM storage_blob_chunks WHERE chunk = ? "
-                                    "LIMIT 1", (chunk,)).fetchone():
-                    conn.execute("DELETE FROM storage_chunks WHERE hash = ?", (chunk,))
+            conn.executemany("UPDATE storage_chunks SET refs = refs - 1 WHERE hash = ?",
+                             [(d,) for d in digests])
+            conn.executemany("DELETE FROM storage_chunks WHERE hash = ? AND refs <= 0",
+                             [(d,) for d in set(digests)])
 
     async def prune(self) -> int:
         """Apply retention to every file now (time-based retention needs this: a file
@@ -397,13 +391,20 @@ class SQLiteStore(StorageStore):
         return row
 
     def _assemble(self, conn: sqlite3.Connection, blob: str) -> bytes:
-        parts = conn.execute(
-            "SELECT c.data FROM storage_blob_chunks b JOIN storage_chunks c ON c.hash = b.chunk "
-            "WHERE b.blob = ? ORDER BY b.idx", (blob,)).fetchall()
-        data = b"".join(p for (p,) in parts)
-        if hashlib.sha256(data).hexdigest() != blob:
-            raise StorageError(f"stored content {blob[:12]}... is corrupt (its SHA-256 does "
-                               f"not match; {len(parts)} chunks, {len(data)} bytes)")
+        """A blob's content from its chunks, checked against its SHA-256."""
+        digests = _digests(conn, blob)
+        found: dict[bytes, bytes] = {}
+        unique = list(dict.fromkeys(digests))
+        for i in range(0, len(unique), 500):  # under SQLite's bound-parameter limit
+            batch = unique[i:i + 500]
+            found.update(conn.execute(
+                f"SELECT hash, data FROM storage_chunks WHERE hash IN "
+                f"({', '.join('?' * len(batch))})", batch).fetchall())
+        data = b"".join(found.get(d, b"") for d in digests)
+        if len(found) != len(unique) or hashlib.sha256(data).hexdigest() != blob:
+            missing = len(unique) - len(found)
+            raise StorageError(f"stored content {blob[:12]}... is corrupt ({missing} of "
+                               f"{len(unique)} chunks missing, or its SHA-256 does not match)")
         return data
 
     async def read(self, namespace: str, path: str,
@@ -438,8 +439,9 @@ class SQLiteStore(StorageStore):
             if not deleted:
                 sql += " AND deleted = 0"
             rows = conn.execute(sql + " ORDER BY path", args).fetchall()
-            return [FileInfo(path=p, version=v, size=s, sha256=h, time=_when(t),
-                             deleted=bool(d)) for p, v, s, h, t, d in rows]
+            return [FileInfo.model_construct(path=p, version=v, size=s, sha256=h,
+                                             time=_when(t), deleted=bool(d))
+                    for p, v, s, h, t, d in rows]
 
         return await self._run(op)
 
@@ -485,10 +487,20 @@ class SQLiteStore(StorageStore):
         return await self._run(op)
 
 
+def _digests(conn: sqlite3.Connection, blob: str) -> list[bytes]:
+    row = conn.execute("SELECT chunks FROM storage_blobs WHERE sha256 = ?", (blob,)).fetchone()
+    if row is None:
+        raise StorageError(f"stored content {blob[:12]}... is missing (a damaged database)")
+    packed: bytes = row[0]
+    return [packed[i:i + 32] for i in range(0, len(packed), 32)]
+
+
 def _version(path: str, row: tuple[Any, ...]) -> FileVersion:
     version, blob, size, t, author = row
-    return FileVersion(path=path, version=version, size=size, sha256=blob or "",
-                       time=_when(t), deleted=blob is None, author=author)
+    # Rows of our own tables: no validation needed (history of 1,000 versions: 3x faster).
+    return FileVersion.model_construct(path=path, version=version, size=size,
+                                       sha256=blob or "", time=_when(t),
+                                       deleted=blob is None, author=author)
 
 
 def _missing(path: str, version: int | None, row: tuple[Any, ...] | None) -> str:
