@@ -499,3 +499,18 @@ async def _check_against_model(ops: list[tuple[Any, ...]], budget: int, k: int,
         assert h.store is not None
         assert await h.store.usage("agent:ann") == sum(
             len(t) + len(json.dumps(md, separators=(",", ":"))) for t, md in model.values())
+
+
+async def test_common_words_are_pruned_from_queries_with_rarer_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import aios.memory.store as store
+
+    monkeypatch.setattr(store, "PRUNE_MIN", 10)
+    async with memory() as h:
+        m = client(h, "ann")
+        for i in range(20):
+            await m.add(f"the usual entry {i}")
+        rare = await m.add("the zebra entry")
+        assert [x.id for x in await m.search("the zebra", k=3)] == [rare]  # "the" dropped
+        assert len(await m.search("the entry", k=50)) == 21  # all common: the rarest kept
+        assert [x.id for x in await m.search("zebras", k=3)] == [rare]    # stemmed

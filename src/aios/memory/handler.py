@@ -60,6 +60,9 @@ from aios.syscalls.memory import (
 
 __all__ = ["MemoryHandler", "may_access", "own_namespace"]
 
+FLUSH_BATCH = 512
+"""Most dirty memories an eviction writes along with its victims, in one transaction."""
+
 
 def own_namespace(sc: SyscallContext) -> str:
     """The caller's own namespace, keyed by its name so it outlives the process."""
@@ -280,13 +283,19 @@ class MemoryHandler(SyscallHandler):
                 old.remove(c.item.id)
             return
         victims = tier.victims(c.cost, spare=c.item.id)
-        dirty = [v.item for v in victims if v.dirty]
-        if dirty:
+        if any(v.dirty for v in victims):
+            # One transaction for the victims and the tier's other dirty entries (they
+            # stay cached, now clean): later evictions are then free, and a write costs
+            # one commit per batch instead of one per memory.
+            others = [d for d in tier.dirty() if d.item.id != c.item.id][:FLUSH_BATCH]
+            batch = {d.item.id: d for d in [*victims, *others] if d.dirty}
             try:
-                await self.store.write(dirty)
+                await self.store.write([d.item for d in batch.values()])
             except BaseException:
                 tier.keep(victims)
                 raise
+            for d in batch.values():
+                d.dirty, d.persisted = False, True
         tier.drop(victims)
         for v in victims:
             self._where.pop(v.item.id, None)
