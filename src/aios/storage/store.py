@@ -439,9 +439,8 @@ class SQLiteStore(StorageStore):
             if not deleted:
                 sql += " AND deleted = 0"
             rows = conn.execute(sql + " ORDER BY path", args).fetchall()
-            return [FileInfo.model_construct(path=p, version=v, size=s, sha256=h,
-                                             time=_when(t), deleted=bool(d))
-                    for p, v, s, h, t, d in rows]
+            return [FileInfo(path=p, version=v, size=s, sha256=h, time=_when(t),
+                             deleted=bool(d)) for p, v, s, h, t, d in rows]
 
         return await self._run(op)
 
@@ -497,10 +496,8 @@ def _digests(conn: sqlite3.Connection, blob: str) -> list[bytes]:
 
 def _version(path: str, row: tuple[Any, ...]) -> FileVersion:
     version, blob, size, t, author = row
-    # Rows of our own tables: no validation needed (history of 1,000 versions: 3x faster).
-    return FileVersion.model_construct(path=path, version=version, size=size,
-                                       sha256=blob or "", time=_when(t),
-                                       deleted=blob is None, author=author)
+    return FileVersion(path=path, version=version, size=size, sha256=blob or "",
+                       time=_when(t), deleted=blob is None, author=author)
 
 
 def _missing(path: str, version: int | None, row: tuple[Any, ...] | None) -> str:
