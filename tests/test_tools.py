@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio
+import anyio.lowlevel
 import pytest
 from pydantic import BaseModel, Field
 
@@ -531,4 +532,4 @@ async def test_an_urgent_agent_overtakes_a_flood_of_low_priority_calls() -> None
 async def wait_until(cond: Any) -> None:
     with anyio.fail_after(5):
         while not cond():
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()

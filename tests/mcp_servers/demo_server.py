@@ -14,8 +14,11 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("demo")
+WIRE = os.dup(1)
+"""The protocol's stdout, kept before the SDK diverts fd 1 to stderr (stdio only)."""
 
 
 @server.tool()
@@ -42,8 +45,8 @@ async def slow(seconds: float, ctx: Context) -> str:
 
 @server.tool()
 def fail(reason: str) -> str:
-    """Always raises."""
-    raise ValueError(f"failed on purpose: {reason}")
+    """Always fails (an isError result with this message)."""
+    raise ToolError(f"failed on purpose: {reason}")
 
 
 @server.tool()
@@ -55,7 +58,7 @@ def die() -> str:
 @server.tool()
 async def garbage() -> str:
     """Writes a line that is not JSON-RPC where the client reads, then hangs."""
-    os.write(1, b"this is not json-rpc\n")
+    os.write(WIRE, b"this is not json-rpc\n")
     await anyio.sleep(3600)
     return "unreachable"
 

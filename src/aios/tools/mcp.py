@@ -131,8 +131,9 @@ class MCPProvider(ToolProvider):
                         await self._lost.wait()
                         tg.cancel_scope.cancel()
                 finally:
-                    self._client = None
-                    self._up = anyio.Event()
+                    if self._client is client:
+                        self._client = None
+                        self._up = anyio.Event()
                     for inflight in list(self._inflight):
                         inflight.cancel()
         if self._connecting is not None:  # the attempt failed: say why
@@ -205,6 +206,9 @@ class MCPProvider(ToolProvider):
             self.on_change()
 
     def _lose(self) -> None:
+        if not self._lost.is_set() and self._client is not None:
+            self._client = None  # new calls wait for the supervisor's next connection
+            self._up = anyio.Event()
         self._lost.set()
         if self._connecting is not None:  # lost while connecting: fail the attempt now
             self._connecting.cancel()
