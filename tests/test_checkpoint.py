@@ -160,7 +160,7 @@ async def test_bad_checkpoint_falls_back_and_never_continues_wrongly(how: str, m
         return streamed, s.result.text
 
     async with aios.Kernel(rr_config(), backends={"default": backend}) as k:
-        k._ckpt = Corrupting(k._db, how)
+        k._handlers["llm"].ckpt = Corrupting(k._db, how)  # type: ignore[attr-defined]
         procs = [k.spawn(streamer) for _ in range(2)]
         for p in procs:
             streamed, text = await p.wait()

@@ -55,7 +55,8 @@ async def test_every_parameter_reaches_the_backend() -> None:
 
     async def agent(ctx: aios.Context) -> None:
         await ctx.llm.chat(MSG, max_tokens=7, temperature=0.3, top_p=0.9, stop=["\n"], seed=5,
-                           response_format={"type": "json_object"}, logprobs=True)
+                           response_format={"type": "json_object"},
+                           extra_body={"repetition_penalty": 1.1})
 
     async with aios.Kernel(cfg(), backends={"default": backend}) as k:
         await k.spawn(agent).wait()
@@ -63,7 +64,7 @@ async def test_every_parameter_reaches_the_backend() -> None:
     assert (call.max_tokens, call.temperature, call.top_p, call.stop, call.seed) == (
         7, 0.3, 0.9, ["\n"], 5)
     assert call.response_format == {"type": "json_object"}
-    assert call.extra == {"logprobs": True}
+    assert call.extra == {"repetition_penalty": 1.1}
 
 
 async def test_stream_yields_deltas_then_result() -> None:

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import aios
 from aios.config import LLMConfig
 from aios.errors import (
     BackendUnavailable,
@@ -505,45 +506,71 @@ async def test_5xx_past_max_retries_is_backend_unavailable(
     assert backend.stats()["retries"] == 2
 
 
-async def test_retry_after_is_honoured(
+async def test_a_429_is_reported_at_once_for_the_kernel_to_retry(
     stub: Stub, backend_for: Callable[..., OpenAIBackend]
 ) -> None:
-    stub.reset(
-        Reply(status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "0.2"})
-    )
-    backend = backend_for()
-    start = time.monotonic()
-    chunks = await collect(backend, request())
-    elapsed = time.monotonic() - start
-    assert chunks[-1].finish_reason == "stop"
-    # The jittered backoff alone is at most a millisecond here: the wait came from the header.
-    assert elapsed >= 0.2
-    assert backend.stats()["retries"] == 1
-
-
-async def test_retry_after_is_capped(stub: Stub, backend_for: Callable[..., OpenAIBackend]) -> None:
-    stub.reset(Reply(status=429, body={}, headers={"Retry-After": "3600"}))
-    backend = backend_for(options={"retry_after_cap_s": 0.01})
-    start = time.monotonic()
-    await collect(backend, request())
-    assert time.monotonic() - start < 2.0
-
-
-async def test_429_past_max_retries_is_rate_limited(
-    stub: Stub, backend_for: Callable[..., OpenAIBackend]
-) -> None:
-    limited = Reply(
-        status=429, body={"error": {"message": "queue full"}}, headers={"retry-after-ms": "5"}
-    )
-    stub.reset(*[limited] * 4)
+    stub.reset(Reply(status=429, body={"error": {"message": "slow down"}},
+                     headers={"retry-after-ms": "5"}))
     backend = backend_for(max_retries=3)
     req = request()
-    with pytest.raises(RateLimited, match="queue full") as info:
+    with pytest.raises(RateLimited, match="slow down") as info:
         await collect(backend, req)
     assert info.value.retry_after == pytest.approx(0.005)
     assert info.value.syscall is req.call
-    assert len(stub.bodies) == 4
-    assert backend.stats()["retries"] == 3
+    assert len(stub.bodies) == 1  # the kernel is the one retry layer for rate limits
+    assert backend.stats()["retries"] == 0
+
+
+def _kernel_on(backend: OpenAIBackend, **llm: Any) -> aios.Kernel:
+    cfg = aios.KernelConfig(llm=[aios.LLMConfig(backend="openai", **llm)])
+    return aios.Kernel(cfg, backends={"default": backend})
+
+
+async def _ask(ctx: aios.Context) -> str:
+    return (await ctx.llm.chat(USER, max_tokens=8)).text
+
+
+async def test_kernel_retries_a_429_exactly_max_retries_times_narrowing_at_the_first(
+    stub: Stub, backend_for: Callable[..., OpenAIBackend]
+) -> None:
+    limited = Reply(status=429, body={"error": {"message": "queue full"}},
+                    headers={"retry-after-ms": "5"})
+    stub.reset(*[limited] * 10)
+    backend = backend_for(max_retries=3)
+    async with _kernel_on(backend, max_concurrency=4, max_retries=3) as k:
+        q = k.llm_resources()["default"].queue
+        with pytest.raises(RateLimited, match="queue full") as info:
+            await k.spawn(_ask).wait()
+        assert len(stub.bodies) == 4      # one attempt and exactly 3 retries
+        assert q.rejections == 4
+        assert q.limit < q.window          # narrowed (AIMD)
+    assert info.value.retry_after == pytest.approx(0.005)
+    assert backend.stats()["retries"] == 0
+
+
+async def test_kernel_honours_retry_after(
+    stub: Stub, backend_for: Callable[..., OpenAIBackend]
+) -> None:
+    stub.reset(Reply(status=429, body={"error": {"message": "slow down"}},
+                     headers={"Retry-After": "0.2"}))
+    backend = backend_for()
+    async with _kernel_on(backend) as k:
+        start = time.monotonic()
+        assert await k.spawn(_ask).wait() == "Hello world"
+        assert time.monotonic() - start >= 0.2  # the wait came from the header
+    assert len(stub.bodies) == 2
+
+
+async def test_retry_after_beyond_the_maximum_fails_with_the_servers_value(
+    stub: Stub, backend_for: Callable[..., OpenAIBackend]
+) -> None:
+    stub.reset(Reply(status=429, body={}, headers={"Retry-After": "3600"}))
+    backend = backend_for()
+    async with _kernel_on(backend, max_retry_after_s=5) as k:
+        with pytest.raises(RateLimited, match="3600") as info:
+            await k.spawn(_ask).wait()
+    assert info.value.retry_after == 3600
+    assert len(stub.bodies) == 1
 
 
 async def test_unknown_model_lists_the_available_ones(
@@ -878,7 +905,7 @@ async def test_sim_priority_reaches_the_engine(
     assert await _served_first(sim, backend) == expected
 
 
-async def test_sim_429_past_the_queue_cap_is_retried_then_rate_limited(
+async def test_sim_429_past_the_queue_cap_is_rate_limited_at_once(
     sim: Sim, sim_backend_for: Callable[..., OpenAIBackend]
 ) -> None:
     holder = sim_backend_for()
@@ -890,16 +917,15 @@ async def test_sim_429_past_the_queue_cap_is_retried_then_rate_limited(
                 tg.start_soon(collect, holder, chat_req(f"queued {i}", max_tokens=2))
                 await wait_for_waiting(sim, i + 1)
             before = (await sim_stats(sim))["rejected"]
-            # Honour the server's Retry-After, but capped tiny so the test stays fast.
-            backend = sim_backend_for(max_retries=2, options={"retry_after_cap_s": 0.01})
+            backend = sim_backend_for(max_retries=2)
             req = chat_req("one too many")
             with pytest.raises(RateLimited) as info:
                 await collect(backend, req)
             assert info.value.retry_after is not None
             assert info.value.retry_after > 0
             assert info.value.syscall is req.call
-            assert backend.stats()["retries"] == 2
-            assert (await sim_stats(sim))["rejected"] - before == 3
+            assert backend.stats()["retries"] == 0  # the kernel retries, not the backend
+            assert (await sim_stats(sim))["rejected"] - before == 1
             await blocker.aclose()  # type: ignore[attr-defined]
     finally:
         await blocker.aclose()  # type: ignore[attr-defined]

@@ -2,10 +2,10 @@
 
 Agents are ``async def agent(ctx, *args)`` coroutines spawned on a :class:`Kernel`; every
 use of a shared resource goes through ``ctx`` and is scheduled by the kernel.
-Plugin authors: see :mod:`aios.llm.base` and :mod:`aios.scheduler`; test helpers live in
-:mod:`aios.testing`.
+Plugin authors: see :mod:`aios.abc` (interfaces); test helpers live in :mod:`aios.testing`.
 """
 
+from aios._core.kernel import Kernel
 from aios.config import KernelConfig, LLMConfig, SchedulerConfig
 from aios.context import Context, LLMStream
 from aios.errors import (
@@ -19,6 +19,7 @@ from aios.errors import (
     KernelClosedError,
     KernelInternalError,
     LLMError,
+    LLMTimeout,
     MemoryNotFound,
     MemoryStoreError,
     ModelNotFound,
@@ -39,12 +40,11 @@ from aios.errors import (
     ToolNotFound,
     ToolTimeout,
 )
-from aios.kernel import Kernel
 from aios.memory.conversation import Conversation
 from aios.process import Process, ProcessInfo, ProcessState
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
-from aios.syscalls.storage import FileInfo, FileVersion
 from aios.syscalls.memory import MemoryHit, MemoryItem
+from aios.syscalls.storage import FileInfo, FileVersion
 from aios.syscalls.tools import ToolResult
 from aios.tools.function import tool
 
@@ -71,6 +71,7 @@ __all__ = [
     "LLMConfig",
     "LLMError",
     "LLMStream",
+    "LLMTimeout",
     "MemoryHit",
     "MemoryItem",
     "MemoryNotFound",

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from aios._core.door import Guard, Instrument, SyscallContext
 from aios.errors import InvalidSyscall
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.memory.base import MemoryStore
-from aios.scheduler.policy import Entry, SchedulingPolicy
+from aios.scheduler.policy import SchedulingPolicy
+from aios.scheduler.queue import Slot
 from aios.storage.base import StorageStore
 from aios.tools.base import ToolProvider, ToolSpec
 
 if TYPE_CHECKING:
     from aios.config import KernelConfig
-    from aios.context import Context
     from aios.plugins import PluginRegistry
     from aios.scheduler.queue import ResourceQueue
     from aios.state import StateDB
@@ -36,6 +36,8 @@ __all__ = [
     "Capabilities",
     "Chunk",
     "GenerationRequest",
+    "Guard",
+    "Instrument",
     "KernelServices",
     "LLMBackend",
     "MemoryStore",
@@ -48,49 +50,6 @@ __all__ = [
     "ToolProvider",
     "ToolSpec",
 ]
-
-
-class Slot(Protocol):
-    """A held place in a resource's admission window (see ``SyscallContext.admitted``).
-
-    Set ``service`` (the policy's unit: tokens for an LLM, seconds for a tool) before the
-    ``async with`` ends; ``rejected`` tells the queue the resource refused the work for
-    lack of capacity (AIMD narrowing)."""
-
-    entry: Entry
-    service: float
-    rejected: bool
-
-
-class SyscallContext(Protocol):
-    """What a handler knows of the syscall it serves: who asked, and the kernel's verbs
-    on that process. Handlers never touch the process object itself."""
-
-    sid: str
-    """Unique per kernel and per state file (``"<kernel id>.<pid>.<n>"``)."""
-    pid: int
-    name: str
-    """The agent's name: the key of its own memory namespace and storage space."""
-    group: str
-    log: Any
-    ctx: Context
-    """The calling agent's context (for tools that act on the caller's behalf)."""
-
-    @property
-    def priority(self) -> int: ...
-
-    def admitted(
-        self, queue: ResourceQueue, *, preemptible: bool = False
-    ) -> AbstractAsyncContextManager[Slot]:
-        """Wait for admission to ``queue`` under the kernel's policy; the slot is given
-        back when the ``async with`` exits, on every path (cancellation included)."""
-        ...
-
-    def account(self, **counters: float) -> None:
-        """Add to the process's counters (``tokens_in``, ``tokens_out``, ``llm_calls``,
-        ``tool_calls``, ``tool_s``, ``storage_bytes``...): shown in ``info()``, used by
-        quotas and by ``las``/``fair`` (``attained``)."""
-        ...
 
 
 class KernelServices(Protocol):

@@ -8,6 +8,7 @@ they parse, else taken as strings. This module must never start anything.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tomllib
@@ -16,7 +17,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aios.errors import ConfigError
 
@@ -32,6 +41,9 @@ __all__ = [
     "config_error",
 ]
 
+
+# AIOS_* variables that are not config keys.
+_NOT_CONFIG = frozenset({"AIOS_CONFIG"})
 
 _DEPTH: ContextVar[int] = ContextVar("aios_config_depth", default=0)
 
@@ -56,8 +68,9 @@ class _Strict(BaseModel):
 
 
 class SchedulerConfig(_Strict):
-    policy: str = "fifo"
-    """Name of a policy in the ``aios.schedulers`` entry-point group."""
+    policy: str = "priority"
+    """Name of a policy in the ``aios.schedulers`` entry-point group. The default,
+    ``priority``, serves lower ``priority=`` first and, among equals, in arrival order."""
     time_slice_ms: float = Field(default=200.0, gt=0)
     """Round-robin time slice (``rr``)."""
     aging_tokens_per_s: float = Field(default=200.0, ge=0)
@@ -86,6 +99,11 @@ class LLMConfig(_Strict):
     engine's batch stays full during hand-overs."""
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
+    """How many times the kernel queues a syscall again after a 429 (the only retry
+    layer for rate limits)."""
+    max_retry_after_s: float = Field(default=30.0, ge=0)
+    """The longest ``Retry-After`` honoured; a server asking more fails the syscall with
+    ``RateLimited`` carrying its value."""
     priority_passthrough: Literal["off", "lower_first", "higher_first"] = "off"
     """Send the syscall's priority to the server (vLLM: lower_first, SGLang: higher_first)."""
     supports_continuation: bool = False
@@ -184,7 +202,6 @@ class MemoryConfig(_Strict):
     kernel exit (fast; a crash loses them). False: write every change through at once."""
 
 
-
 class StorageConfig(_Strict):
     """``[storage]``: the storage manager (versioned, sandboxed file spaces)."""
 
@@ -233,7 +250,11 @@ class KernelConfig(_Strict):
     autoload_plugins: bool = True
     """Discover plugins through entry points. Off: only ``extra_plugins`` are known."""
     on_exit: Literal["cancel", "wait"] = "cancel"
-    """Leaving ``async with Kernel()``: cancel running agents, or wait for them."""
+    """Leaving ``async with Kernel()``: cancel running agents, or wait for them (a
+    suspended process is killed then: nothing could resume it any more)."""
+    block_warn_s: float = Field(default=1.0, ge=0)
+    """Log ``loop.blocked`` naming the agent when the event loop is blocked this long
+    (seconds; 0 turns the watchdog off)."""
     checkpoint_kv_cap_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     log_format: Literal["console", "json", "structlog", "off"] = "off"
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
@@ -250,13 +271,28 @@ class KernelConfig(_Strict):
             raise ValueError(f"duplicate mcp server names: {sorted(dup)}")
         return self
 
+    @field_validator("llm", "mcp", mode="before")
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> KernelConfig:
+    def _a_list(cls, value: Any, info: ValidationInfo) -> Any:
+        # A model or a mapping is iterable, and pydantic would report one bogus error per
+        # item it yields (llm.0 ... llm.11): say what the key needs instead.
+        if isinstance(value, (list, tuple)):
+            return value
+        table = f"[[{info.field_name}]]"
+        raise ValueError(f"must be a list (one {table} table per entry, in TOML {table}, "
+                         f"not [{info.field_name}]), got {type(value).__name__}")
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, origins: Mapping[str, str] | None = None
+    ) -> KernelConfig:
+        """Validate a mapping; ``origins`` maps dotted keys to the environment variables
+        that set them, so an error names the variable."""
         token = _DEPTH.set(1)  # nested models: let pydantic merge their errors
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise config_error(exc) from None
+            raise config_error(exc, origins=origins) from None
         finally:
             _DEPTH.reset(token)
 
@@ -270,61 +306,114 @@ class KernelConfig(_Strict):
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {p} is a directory, not a TOML file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}: "
+                              f"{exc.reason}); TOML files are UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-        apply_env_overrides(data, os.environ if env is None else env)
-        return cls.from_dict(data)
+        return cls.from_env(env, base=data)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, base: Mapping[str, Any] | None = None
+    ) -> KernelConfig:
+        """The defaults (or ``base``) with ``AIOS_*`` environment overrides applied."""
+        data = copy.deepcopy(dict(base or {}))
+        origins = apply_env_overrides(data, os.environ if env is None else env)
+        return cls.from_dict(data, origins=origins)
 
 
-def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply ``AIOS_A__B=value`` overrides in place (``llm`` entries by index: LLM__0__MODEL)."""
+def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``AIOS_A__B=value`` overrides in place; returns ``{dotted key: variable}``.
+
+    List entries go by index (``AIOS_LLM__0__MODEL``): an index names an existing entry or
+    the next new one, so ``AIOS_LLM__0__BACKEND`` defines a model when the file has none;
+    variables apply in the order of their paths (indices as numbers). Every problem names
+    the variable.
+    """
+    items: list[tuple[list[str], str, str]] = []
     for name, raw in env.items():
-        if not name.startswith("AIOS_") or name == "AIOS_CONFIG":
+        if not name.startswith("AIOS_") or name in _NOT_CONFIG:
             continue
         path = name[5:].lower().split("__")
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: an empty key in its path "
+                              "(keys are separated by a double underscore)")
+        items.append((path, name, raw))
+    items.sort(key=lambda it: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in it[0]])
+    origins: dict[str, str] = {}
+    for path, name, raw in items:
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        node: Any = data
-        for i, part in enumerate(path[:-1]):
-            nxt = path[i + 1]
-            if isinstance(node, list):
-                idx = _index(part, name)
-                while len(node) <= idx:
-                    node.append({})
-                node = node[idx]
-            else:
-                node = node.setdefault(part, [] if nxt.isdigit() else {})
-        last = path[-1]
+        _set_path(data, path, value, name)
+        origins[".".join(path)] = name
+    return origins
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any, var: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = ".".join(path[:i])
         if isinstance(node, list):
-            idx = _index(last, name)
-            while len(node) <= idx:
+            idx = _index(part, var, len(node), where)
+            if idx == len(node):
                 node.append({})
-            node[idx] = value
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, [] if path[i + 1].isdigit() else {})
         else:
-            node[last] = value
+            raise ConfigError(f"environment variable {var}: {where} is a "
+                              f"{type(node).__name__}, it has no key {part!r}", key=where)
 
 
-def _index(part: str, var: str) -> int:
+def _index(part: str, var: str, length: int, where: str) -> int:
     if not part.isdigit():
-        raise ConfigError(f"environment variable {var}: expected a list index, got {part!r}")
-    return int(part)
+        raise ConfigError(f"environment variable {var}: {where} is a list, expected an "
+                          f"index there, got {part!r}", key=where)
+    idx = int(part)
+    if idx > length:
+        have = f"entries 0..{length - 1}" if length else "no entries"
+        raise ConfigError(f"environment variable {var}: index {idx} is out of range "
+                          f"({where} has {have}; a new entry takes index {length})",
+                          key=f"{where}.{idx}")
+    return idx
 
 
 def config_error(
-    exc: ValidationError, *, prefix: str = "", where: str = "", unknown: str = "unknown key"
+    exc: ValidationError,
+    *,
+    prefix: str = "",
+    where: str = "",
+    unknown: str = "unknown key",
+    origins: Mapping[str, str] | None = None,
 ) -> ConfigError:
     """One :class:`ConfigError` from a pydantic ``ValidationError``.
 
     Every problem is named by its dotted key (under ``prefix``); ``where`` says which
-    file or component the keys belong to. Plugins validating their own options use this
+    file or component the keys belong to; ``origins`` (dotted key -> environment variable)
+    names the variable that set a bad key. Plugins validating their own options use this
     too, so every bad setting reads the same way.
     """
     problems = []
     for err in exc.errors():
         key = ".".join([*([prefix] if prefix else []), *(str(p) for p in err["loc"])])
         msg = unknown if err["type"] == "extra_forbidden" else err["msg"]
+        var = _origin(key, origins or {})
+        if var:
+            msg = f"{msg} (set by environment variable {var})"
         problems.append((key or "<root>", msg))
     suffix = f" ({where})" if where else ""
     first_key, first_msg = problems[0]
@@ -332,3 +421,11 @@ def config_error(
         return ConfigError(first_msg + suffix, key=first_key)
     listed = "; ".join(f"{k}: {m}" for k, m in problems[1:])
     return ConfigError(f"{first_msg}{suffix}; also {listed}", key=first_key)
+
+
+def _origin(key: str, origins: Mapping[str, str]) -> str | None:
+    """The variable that set ``key`` or a table above or below it."""
+    for set_key, var in origins.items():
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return var
+    return None

@@ -18,6 +18,7 @@ from aios.errors import ConfigError, PluginError
 __all__ = ["GROUPS", "PluginInfo", "PluginRegistry"]
 
 GROUPS: tuple[str, ...] = (
+    "aios.handlers",
     "aios.llm_backends",
     "aios.tools",
     "aios.memory",
@@ -26,6 +27,7 @@ GROUPS: tuple[str, ...] = (
 )
 
 _KIND = {
+    "aios.handlers": "syscall handler",
     "aios.llm_backends": "LLM backend",
     "aios.tools": "tool",
     "aios.memory": "memory store",
@@ -52,6 +54,7 @@ class PluginInfo:
 def _validators() -> dict[str, Callable[[Any], str | None]]:
     # Imported lazily: the interfaces import config/syscalls, which import nothing heavy,
     # but keeping plugins.py import-light lets every module use it.
+    from aios.abc import SyscallHandler
     from aios.llm.base import LLMBackend
     from aios.scheduler.policy import SchedulingPolicy
 
@@ -71,6 +74,7 @@ def _validators() -> dict[str, Callable[[Any], str | None]]:
         return None if callable(obj) else f"must be callable, got {obj!r}"
 
     return {
+        "aios.handlers": subclass_of(SyscallHandler),
         "aios.llm_backends": subclass_of(LLMBackend),
         "aios.schedulers": subclass_of(SchedulingPolicy),
         "aios.tools": any_callable,
@@ -82,7 +86,8 @@ def _validators() -> dict[str, Callable[[Any], str | None]]:
 class PluginRegistry:
     """What plugins a kernel knows, per group.
 
-    ``autoload=False`` skips entry-point discovery (tests); ``extra`` adds plugins
+    ``autoload=False`` skips entry-point discovery (tests) except for the syscall
+    families of ``aios.handlers``; ``extra`` adds plugins
     directly, ``{group: {name: obj}}``, validated like discovered ones.
     """
 
@@ -94,8 +99,10 @@ class PluginRegistry:
     ) -> None:
         self._plugins: dict[str, dict[str, PluginInfo]] = {g: {} for g in GROUPS}
         validators = _validators()
-        if autoload:
-            for group in GROUPS:
+        for group in GROUPS:
+            # The syscall families (llm, tools, memory, storage) are the kernel's own
+            # organs: they load even with autoload off, which turns off the rest.
+            if autoload or group == "aios.handlers":
                 for ep in md.entry_points(group=group):
                     self._add(group, ep, validators[group])
         for group, plugins in (extra or {}).items():
@@ -112,7 +119,10 @@ class PluginRegistry:
         version = ep.dist.version if ep.dist is not None else "?"
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin is reported, never fatal
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin is reported, never fatal: even one
+            # whose import calls sys.exit() (SystemExit) or raises a BaseException of its own
             info = PluginInfo(group, ep.name, ep.value, dist, version, None,
                               f"failed to import: {type(exc).__name__}: {exc}")
         else:
@@ -143,6 +153,10 @@ class PluginRegistry:
 
     def names(self, group: str) -> list[str]:
         return sorted(n for n, i in self._plugins[group].items() if i.ok)
+
+    def errors(self, group: str) -> dict[str, str]:
+        """The plugins of ``group`` that failed to load, with their errors."""
+        return {n: i.error for n, i in self._plugins[group].items() if i.error is not None}
 
     def report(self) -> list[PluginInfo]:
         return [i for g in GROUPS for i in sorted(self._plugins[g].values(), key=lambda i: i.name)]

@@ -15,11 +15,11 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from aios.errors import KernelClosedError, ProcessError, ProcessKilled
+from aios.scheduler.policy import Entry, EntryState
 
 if TYPE_CHECKING:
+    from aios._core.kernel import Kernel
     from aios.checkpoint.store import ContextSwitch
-    from aios.kernel import Kernel
-    from aios.scheduler.policy import Entry
     from aios.scheduler.queue import ResourceQueue
 
 __all__ = ["Process", "ProcessInfo", "ProcessState"]
@@ -28,8 +28,10 @@ T = TypeVar("T")
 
 
 class ProcessState(StrEnum):
+    """Derived from the process's outcome, suspension and in-flight syscalls."""
+
     RUNNING = "running"      # executing agent code
-    WAITING = "waiting"      # blocked in a syscall (queued or being served)
+    WAITING = "waiting"      # blocked in a syscall (queued, being served, or approval)
     SUSPENDED = "suspended"
     DONE = "done"
     FAILED = "failed"
@@ -58,6 +60,12 @@ class ProcessInfo(BaseModel):
     """Seconds its syscalls spent queued, waiting for admission."""
     context_switches: int
     syscalls: int
+    llm_calls: int = 0
+    tool_calls: int = 0
+    tool_s: float = 0.0
+    """Seconds its tool calls ran (admitted)."""
+    storage_bytes: int = 0
+    """Bytes its storage writes added."""
     started_at: float
     ended_at: float | None
     error: str | None = None
@@ -72,27 +80,71 @@ class Process(Generic[T]):
         self.name = name
         self.group = group
         self.priority = priority
-        self.state = ProcessState.RUNNING
         self.suspended = False
         self.attained = 0.0
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self.service_s = 0.0
-        self.wait_s = 0.0
-        self.context_switches = 0
+        """Service received so far (tokens), across all of its syscalls (las, fair)."""
+        self.counters: dict[str, float] = {}
+        """Accounting by the handlers: tokens_in, tokens_out, llm_calls, tool_calls..."""
         self.syscalls = 0
         self.in_syscall = 0
+        """Syscalls in flight (the door counts them)."""
+        self.wait_s = 0.0
+        """Seconds waited by syscalls that have ended (live ones are added in info())."""
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.entries: dict[Entry, ResourceQueue] = {}
         self.switch_log: list[ContextSwitch] = []
         """Every context switch of this process: save/restore time and bytes, and how it
         was restored (``kv``, ``text`` or ``recompute``)."""
+        self.ctx: Any = None
+        self.log: Any = None
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
+        self._outcome: ProcessState | None = None
         self._result: Any = None
         self._exc: BaseException | None = None
         self._kill_requested = False
+
+    @property
+    def state(self) -> ProcessState:
+        """Derived: the outcome once ended; killed as soon as a kill is asked; suspended;
+        waiting while a syscall is in flight; else running."""
+        if self._outcome is not None:
+            return self._outcome
+        if self._kill_requested:
+            return ProcessState.KILLED
+        if self.suspended:
+            return ProcessState.SUSPENDED
+        return ProcessState.WAITING if self.in_syscall else ProcessState.RUNNING
+
+    @property
+    def finished(self) -> bool:
+        """The agent's task has ended (or a kill was asked: no new syscall is taken)."""
+        return self._outcome is not None or self._kill_requested
+
+    def account(self, counters: dict[str, float]) -> None:
+        c = self.counters
+        for key, value in counters.items():
+            if key == "attained":
+                self.attained += value
+            else:
+                c[key] = c.get(key, 0.0) + value
+
+    @property
+    def tokens_in(self) -> int:
+        return int(self.counters.get("tokens_in", 0))
+
+    @property
+    def tokens_out(self) -> int:
+        return int(self.counters.get("tokens_out", 0))
+
+    @property
+    def context_switches(self) -> int:
+        return int(self.counters.get("context_switches", 0))
+
+    @property
+    def service_s(self) -> float:
+        return self.counters.get("service_s", 0.0)
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} name={self.name!r} state={self.state.value}>"
@@ -108,12 +160,14 @@ class Process(Generic[T]):
 
     @property
     def done(self) -> bool:
-        return self.state.finished
+        """The agent's task has ended."""
+        return self._outcome is not None
 
     def kill(self) -> None:
-        """Cancel the agent. Its in-flight syscalls end (cancelled); ``wait()`` raises
-        :class:`aios.ProcessKilled`. Killing a finished process does nothing."""
-        if self.state.finished:
+        """Cancel the agent. It reads as killed at once; its in-flight syscalls end
+        (cancelled); ``wait()`` raises :class:`aios.ProcessKilled`. Killing a finished
+        process does nothing."""
+        if self._outcome is not None:
             return
         self._kill_requested = True
         if self._scope is not None:
@@ -129,7 +183,6 @@ class Process(Generic[T]):
         if self.suspended:
             return
         self.suspended = True
-        self.state = ProcessState.SUSPENDED
         self._kernel._on_suspend(self)
 
     def resume(self) -> None:
@@ -137,7 +190,6 @@ class Process(Generic[T]):
         if not self.suspended:
             return
         self.suspended = False
-        self.state = ProcessState.WAITING if self.in_syscall else ProcessState.RUNNING
         self._kernel._on_resume(self)
 
     def set_priority(self, priority: int) -> None:
@@ -149,6 +201,14 @@ class Process(Generic[T]):
         self._kernel._on_priority(self)
 
     def info(self) -> ProcessInfo:
+        now = None
+        wait_s = self.wait_s
+        for entry in self.entries:  # live syscalls: waited so far, and still waiting
+            wait_s += entry.waited
+            if entry.state is EntryState.WAITING:
+                now = now if now is not None else entry_clock(entry, self.entries)
+                wait_s += max(0.0, now - entry.enqueued_at)
+        c = self.counters
         return ProcessInfo(
             pid=self.pid,
             name=self.name,
@@ -158,18 +218,27 @@ class Process(Generic[T]):
             tokens_in=self.tokens_in,
             tokens_out=self.tokens_out,
             service_s=self.service_s,
-            wait_s=self.wait_s,
+            wait_s=wait_s,
             context_switches=self.context_switches,
             syscalls=self.syscalls,
+            llm_calls=int(c.get("llm_calls", 0)),
+            tool_calls=int(c.get("tool_calls", 0)),
+            tool_s=c.get("tool_s", 0.0),
+            storage_bytes=int(c.get("storage_bytes", 0)),
             started_at=self.started_at,
             ended_at=self.ended_at,
             error=None if self._exc is None else f"{type(self._exc).__name__}: {self._exc}",
         )
 
     def _check_alive(self, what: str) -> None:
-        if self.state.finished:
+        if self._outcome is not None:
             raise ProcessError(
                 f"cannot {what} process {self.pid} ({self.name}): it is {self.state.value}"
             )
         if self._kernel._closed:
             raise KernelClosedError(f"cannot {what} process {self.pid}: the kernel is closed")
+
+
+def entry_clock(entry: Entry, entries: dict[Entry, ResourceQueue]) -> float:
+    """The clock of the queue ``entry`` waits in (queues may run on a test clock)."""
+    return entries[entry].clock()

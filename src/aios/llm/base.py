@@ -125,6 +125,17 @@ class LLMBackend(ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Produce the completion of ``request`` as chunks (usually an async generator)."""
 
+    def check(self, call: LLMChat) -> None:  # noqa: B027 - optional hook
+        """Validate a call against what this backend supports; the kernel calls it at the
+        door before queueing. Raise :class:`aios.InvalidSyscall` naming the unsupported
+        field (never accept a field and drop it). Default: everything is supported."""
+
+    def preemptible(self, call: LLMChat) -> bool:
+        """Whether this call may be preempted (its generation resumed exactly). Default:
+        True; a backend returns False for calls it cannot resume exactly (e.g. decoding
+        constrained by a grammar whose state a text continuation would lose)."""
+        return True
+
     def stats(self) -> dict[str, Any]:
         """Backend counters for ``aios bench`` and ``aios ps``. Default: none."""
         return {}

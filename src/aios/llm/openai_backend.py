@@ -5,8 +5,9 @@ through the official ``openai`` SDK. It always streams, so the kernel can stop a
 between two tokens; it passes every sampling parameter of :class:`aios.syscalls.LLMChat`
 through unchanged, forwards the kernel's priority to engines that understand it, continues a
 preempted assistant message on servers that support ``continue_final_message``, and retries
-transient failures (429, 5xx, connection errors, timeouts) itself with capped exponential
-backoff and full jitter.
+transient failures (5xx, connection errors, timeouts) itself with capped exponential
+backoff and full jitter. A 429 is reported at once as ``RateLimited``: the kernel is the
+only layer that retries rate limits, so its window narrows at the first one.
 
 What it must never do: retry once a token has been handed to the kernel (that would
 duplicate output silently), let an SDK or ``httpx`` exception escape (every failure leaves
@@ -363,7 +364,9 @@ class OpenAIBackend(LLMBackend):
                         syscall=call,
                         retry_after=retry_after,
                     ),
-                    retryable=True,
+                    # Not retried here: the kernel is the one retry layer for rate limits
+                    # (it narrows the window at once and queues the syscall again).
+                    retryable=False,
                     retry_after=retry_after,
                     status=status,
                 )
@@ -380,7 +383,8 @@ class OpenAIBackend(LLMBackend):
                 available = await self._available_models(client)
                 return _Failure(
                     ModelNotFound(
-                        f"model {self._model!r} not found at {where} (404): {message}",
+                        f"model {self._model!r} not found at {where} (404): {message}"
+                        + _base_url_hint(self.config.base_url),
                         syscall=call,
                         available=available,
                     ),
@@ -475,6 +479,19 @@ class OpenAIBackend(LLMBackend):
             "prompt_tokens": self._prompt_tokens,
             "cached_tokens": self._cached_tokens,
         }
+
+
+def _base_url_hint(base_url: str | None) -> str:
+    """A 404 from a base URL without ``/v1`` is most often the wrong path, not the model:
+    OpenAI-compatible servers (vLLM, SGLang, llama.cpp, Ollama) serve under ``/v1``."""
+    if not base_url:
+        return ""
+    path = base_url.split("://", 1)[-1].partition("/")[2].rstrip("/")
+    if "/v1/" in f"/{path}/":
+        return ""
+    fixed = base_url.rstrip("/") + "/v1"
+    return (f"; base_url {base_url} has no /v1 path: OpenAI-compatible servers usually "
+            f"serve under {fixed}")
 
 
 def _server_message(exc: openai.APIError) -> str:

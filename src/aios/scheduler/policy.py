@@ -60,6 +60,7 @@ class Entry:
         "state",
         "syscall_id",
         "token",
+        "waited",
     )
 
     def __init__(
@@ -75,6 +76,8 @@ class Entry:
         self.state = EntryState.NEW
         self.enqueued_at = 0.0
         self.run_started = 0.0
+        self.waited = 0.0
+        """Seconds spent waiting for admission so far (all admissions)."""
         self.preempt = False
         self.event: anyio.Event | None = None
 

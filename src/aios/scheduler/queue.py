@@ -11,13 +11,29 @@ synchronous except :meth:`acquire`, whose only await is the wake-up.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 
 import anyio
 
 from aios.scheduler.policy import Entry, EntryState, Schedulable, SchedulingPolicy
 
-__all__ = ["ResourceQueue"]
+__all__ = ["ResourceQueue", "Slot"]
+
+
+class Slot:
+    """A held place in a window (see :meth:`ResourceQueue.admitted`).
+
+    Set ``service`` (the policy's unit: tokens for an LLM, seconds for a tool) before the
+    ``async with`` ends; ``rejected`` says the resource refused the work for lack of
+    capacity, which narrows the window (AIMD)."""
+
+    __slots__ = ("entry", "rejected", "service")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        self.service = 0.0
+        self.rejected = False
 
 
 class ResourceQueue:
@@ -32,7 +48,6 @@ class ResourceQueue:
         preempt: bool = True,
         slots: int | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_wait: Callable[[Entry, float], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"admission window of {name} must be >= 1, got {window}")
@@ -55,9 +70,8 @@ class ResourceQueue:
         slot during the hand-over). They do not count against the window."""
         self._parked: dict[int, list[Entry]] = {}
         self._seq = 0
-        self._on_wait = on_wait
         # counters
-        self.admitted = 0
+        self.admissions = 0
         self.rejections = 0
         self.max_running = 0
         self.max_occupied = 0
@@ -70,6 +84,20 @@ class ResourceQueue:
         self._seq += 1
         entry.seq = self._seq
         return entry
+
+    @asynccontextmanager
+    async def admitted(self, entry: Entry) -> AsyncIterator[Slot]:
+        """``async with queue.admitted(entry) as slot:`` holds a slot for the block.
+
+        Waits for admission under the policy (cancellation-safe); the slot is given back
+        when the block exits on every path, with ``slot.service`` charged to the policy
+        (anyio's ``CapacityLimiter`` used as ``async with``)."""
+        await self.acquire(entry)
+        slot = Slot(entry)
+        try:
+            yield slot
+        finally:
+            self.release(entry, slot.service, rejected=slot.rejected)
 
     async def acquire(self, entry: Entry) -> None:
         """Wait until ``entry`` is admitted (a slot is its own). Cancellation-safe."""
@@ -155,7 +183,7 @@ class ResourceQueue:
         entry.state = EntryState.RUNNING
         entry.run_started = now
         self.running.add(entry)
-        self.admitted += 1
+        self.admissions += 1
         if len(self.running) > self.max_running:
             self.max_running = len(self.running)
         if self._occupied() > self.max_occupied:
@@ -163,8 +191,7 @@ class ResourceQueue:
         self.policy.on_admit(entry, now)
         if len(self.running) > self.slots:
             self._preempt_for(entry)
-        if self._on_wait is not None:
-            self._on_wait(entry, now - entry.enqueued_at)
+        entry.waited += now - entry.enqueued_at
 
     def _forget(self, entry: Entry) -> None:
         parked = self._parked.get(entry.proc.pid)
@@ -231,9 +258,3 @@ class ResourceQueue:
     @property
     def waiting(self) -> int:
         return len(self.policy) + sum(len(v) for v in self._parked.values())
-
-    def set_window(self, window: int) -> None:
-        if window < 1:
-            raise ValueError(f"admission window of {self.name} must be >= 1, got {window}")
-        self.window = window
-        self._dispatch()

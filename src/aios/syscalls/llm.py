@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ChatResult",
@@ -38,9 +39,76 @@ class LLMChat(_Frozen):
     response_format: dict[str, Any] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [_check_message(i, m) for i, m in enumerate(messages)]
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, stop: Any) -> Any:
+        return [stop] if isinstance(stop, str) else stop  # OpenAI accepts a lone string
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("extra", "tools", "response_format", "tool_choice")
+    @classmethod
+    def _encodable(cls, v: Any) -> Any:
+        _check_text(v, "value")
+        return v
+
     @property
     def resource(self) -> str:
         return f"llm:{self.llm}"
+
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _check_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
+    """One message in OpenAI's shapes; text-only content parts become one string, so every
+    backend (chat templates included) sees the same thing."""
+    if not isinstance(m, dict):
+        raise ValueError(f"message {i} must be an object, got {type(m).__name__}")
+    role = m.get("role")
+    if role not in _ROLES:
+        raise ValueError(f"message {i}: role must be one of {', '.join(sorted(_ROLES))}, "
+                         f"got {role!r}")
+    content = m.get("content")
+    if isinstance(content, list):
+        if all(isinstance(p, dict) and p.get("type") == "text"
+               and isinstance(p.get("text"), str) for p in content):
+            m = {**m, "content": "".join(str(p["text"]) for p in content)}
+        elif not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
+            raise ValueError(f"message {i}: content parts must be objects with a 'type'")
+    elif content is not None and not isinstance(content, str):
+        raise ValueError(f"message {i}: content must be a string, a list of content parts "
+                         f"or null, got {type(content).__name__}")
+    elif content is None and role != "assistant":
+        raise ValueError(f"message {i}: a {role} message needs content")
+    _check_text(m, f"message {i}")
+    return m
+
+
+def _check_text(v: Any, where: str) -> None:
+    """Every string must encode as UTF-8 (a lone surrogate cannot be sent anywhere)."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_text(k, where)
+            _check_text(x, where)
+    elif isinstance(v, list | tuple):
+        for x in v:
+            _check_text(x, where)
 
 
 class Usage(_Frozen):

@@ -1,0 +1,357 @@
+"""The kernel: lifecycle, spawn, the process table, and the resource table.
+
+Agents run as tasks of the kernel's anyio task group; every syscall they make passes the
+:class:`~aios._core.door.Door` and runs in the agent's own task once its resource's queue
+admits it, so the kernel needs no worker per syscall. The syscall families are handlers
+found through the ``aios.handlers`` entry points: this module imports none of them.
+Nothing here is module-level state: several kernels can live in one process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from aios._core.door import Door, Instrument
+from aios._core.lifecycle import LogInstrument, unwrap_group
+from aios._core.watchdog import Watchdog
+from aios.abc import SyscallHandler
+from aios.config import KernelConfig
+from aios.context import Context
+from aios.errors import ConfigError, KernelClosedError, ProcessError
+from aios.llm.base import LLMBackend
+from aios.log import make_logger
+from aios.plugins import PluginRegistry
+from aios.process import Process, ProcessInfo, ProcessState
+from aios.scheduler.policy import SchedulingPolicy
+from aios.scheduler.queue import ResourceQueue
+from aios.state import StateDB
+
+__all__ = ["Kernel"]
+
+T = TypeVar("T")
+
+_NAME_MAX = 200
+
+
+class _Services:
+    """What the kernel lends its handlers (``aios.abc.KernelServices``)."""
+
+    def __init__(self, kernel: Kernel, options: Mapping[str, Any]) -> None:
+        self._kernel = kernel
+        self.config = kernel.config
+        self.db = kernel._db
+        self.log = kernel._log
+        self.options = options
+
+    @property
+    def registry(self) -> PluginRegistry:
+        return self._kernel.registry
+
+    def resource(self, name: str, window: int, *, slots: int | None = None,
+                 preempt: bool | None = None) -> ResourceQueue:
+        return self._kernel._new_resource(name, window, slots=slots, preempt=preempt)
+
+    def handler(self, family: str) -> SyscallHandler | None:
+        return self._kernel._handlers.get(family)
+
+
+class Kernel:
+    """``async with Kernel(config) as kernel:`` runs agents; leaving it ends them.
+
+    ``backends`` lends ready LLM backend instances (tests, or one engine shared with
+    something else): their window comes from the ``llm`` config entry of the same name, or
+    else from the backend's own config; the kernel never closes a lent backend.
+    ``tools`` adds tools (``@aios.tool`` functions, tool providers); ``approver`` answers
+    approval requests for irreversible tool calls (default: deny). ``registry`` replaces
+    plugin discovery.
+
+    Raises :class:`ConfigError` (bad config, state file, backend) on entering; errors of
+    the ``async with`` body or of an agent leave it as themselves, not as an
+    ``ExceptionGroup``.
+    """
+
+    def __init__(
+        self,
+        config: KernelConfig | None = None,
+        *,
+        backends: Mapping[str, LLMBackend] | None = None,
+        tools: Sequence[Any] | None = None,
+        approver: Callable[..., Awaitable[Any]] | None = None,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        if config is None:
+            config = KernelConfig()
+        if not isinstance(config, KernelConfig):
+            raise ConfigError(f"config must be an aios.KernelConfig, got {type(config).__name__}")
+        if backends is not None and not isinstance(backends, Mapping):
+            raise ConfigError(f"backends must be a mapping of name to LLMBackend, got "
+                              f"{type(backends).__name__}")
+        for name, backend in (backends or {}).items():
+            if not isinstance(backend, LLMBackend):
+                raise ConfigError(f"must be an aios.abc.LLMBackend instance, got "
+                                  f"{type(backend).__name__}", key=f"backends.{name}")
+        self.config = config
+        self.id = secrets.token_hex(4)
+        """Unique per kernel run: the prefix of its syscall ids and checkpoint keys."""
+        self._options: dict[str, Any] = {"backends": dict(backends or {}),
+                                         "tools": list(tools or ()), "approver": approver}
+        self._registry = registry
+        self._log = make_logger(config.log_format, config.log_level)
+        self._procs: dict[int, Process[Any]] = {}
+        self._pids = itertools.count(1)
+        self._queues: dict[str, ResourceQueue] = {}
+        self._handlers: dict[str, SyscallHandler] = {}
+        self._policy_cls: type[SchedulingPolicy] | None = None
+        self._db = StateDB(config.state_path)
+        self.door = Door(self._log, self.id)
+        self._tg: TaskGroup | None = None
+        self._entered = False
+        self.watchdog: Watchdog | None = None
+        self._watchdog_scope: anyio.CancelScope | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def registry(self) -> PluginRegistry:
+        if self._registry is None:
+            self._registry = PluginRegistry(autoload=self.config.autoload_plugins)
+        return self._registry
+
+    @property
+    def _closed(self) -> bool:
+        return self.door.closed
+
+    async def __aenter__(self) -> Kernel:
+        if self._entered:
+            raise KernelClosedError("a Kernel can be entered only once; create a new one")
+        self._entered = True
+        self._policy_cls = self.registry.get("aios.schedulers", self.config.scheduler.policy)
+        await self._db.open()
+        try:
+            await self._start_handlers()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_handlers()
+                await self._db.close()
+            raise
+        if self.config.log_format != "off":
+            self.add_instrument(LogInstrument(self._log))
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        if self.config.block_warn_s > 0:
+            self.watchdog = Watchdog(self.config.block_warn_s, self._log)
+            self._watchdog_scope = anyio.CancelScope()
+            self._tg.start_soon(self._run_watchdog, self.watchdog, self._watchdog_scope)
+        self.door.closed = False
+        self._log.info("kernel.started", id=self.id, policy=self.config.scheduler.policy,
+                       resources=sorted(self._queues))
+        return self
+
+    @staticmethod
+    async def _run_watchdog(watchdog: Watchdog, scope: anyio.CancelScope) -> None:
+        with scope:
+            await watchdog.heartbeat()
+
+    async def _start_handlers(self) -> None:
+        services = _Services(self, self._options)
+        for name in self.registry.names("aios.handlers"):
+            cls = self.registry.get("aios.handlers", name)
+            handler: SyscallHandler = cls(services)
+            await handler.start()
+            self._handlers[handler.family or name] = handler
+            self.door.register(handler)
+        for name, err in self.registry.errors("aios.handlers").items():
+            self._log.warning("handler.unavailable", handler=name, error=err)
+
+    async def _close_handlers(self) -> None:
+        for handler in reversed(list(self._handlers.values())):
+            try:
+                await handler.close()
+            except Exception as exc:  # close the others regardless; report this one
+                self._log.error("handler.close_failed", handler=handler.family,
+                                error=f"{type(exc).__name__}: {exc}")
+        self._handlers.clear()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tg is not None
+        if self.config.on_exit == "cancel" or et is not None:
+            for proc in self._procs.values():
+                proc.kill()
+        else:  # "wait": a suspended process could never finish; it is killed
+            for proc in self._procs.values():
+                if proc.suspended:
+                    self._log.warning("process.killed_at_exit", pid=proc.pid, agent=proc.name,
+                                      reason="suspended")
+                    proc.kill()
+        if self._watchdog_scope is not None:
+            self._watchdog_scope.cancel()
+        try:
+            with unwrap_group():
+                return await self._tg.__aexit__(et, e, tb)
+        finally:
+            self.door.closed = True
+            with anyio.CancelScope(shield=True):
+                await self._close_handlers()
+                await self._db.close()
+            self._log.info("kernel.stopped", id=self.id)
+
+    # -- resources and instruments -----------------------------------------------------
+
+    def _new_resource(self, name: str, window: int, *, slots: int | None = None,
+                      preempt: bool | None = None) -> ResourceQueue:
+        if name in self._queues:
+            raise ConfigError(f"resource {name!r} is defined twice")
+        assert self._policy_cls is not None
+        queue = ResourceQueue(
+            name, window, self._policy_cls(self.config.scheduler),
+            preempt=self.config.scheduler.preempt if preempt is None else preempt,
+            slots=slots,
+        )
+        self._queues[name] = queue
+        return queue
+
+    def resources(self) -> dict[str, ResourceQueue]:
+        """Every scheduled resource (``"llm:default"``, ``"tools:search"``...) and its queue."""
+        return dict(self._queues)
+
+    def add_guard(self, guard: Callable[[Any, Any], None]) -> None:
+        """Run ``guard(sc, syscall)`` before every syscall is queued; it may raise a
+        ``SyscallError`` (``PermissionDenied``, ``QuotaExceeded``) to refuse it."""
+        self.door.guards.append(guard)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Tell ``instrument`` of every syscall's start and end (it must not raise)."""
+        self.door.instruments.append(instrument)
+
+    def llm_resources(self) -> dict[str, Any]:
+        """The LLM resources (``LLMResource``: backend, queue, capabilities) by name."""
+        handler: Any = self._handlers.get("llm")
+        return dict(handler.resources) if handler is not None else {}
+
+    @property
+    def context_switches(self) -> int:
+        """Context switches of every process so far (a sum over the process table)."""
+        return sum(p.context_switches for p in self._procs.values())
+
+    @property
+    def syscalls(self) -> int:
+        return sum(p.syscalls for p in self._procs.values())
+
+    # -- processes --------------------------------------------------------------------
+
+    def spawn(
+        self,
+        agent: Callable[..., Awaitable[T]],
+        *args: Any,
+        name: str | None = None,
+        priority: int = 0,
+        group: str | None = None,
+    ) -> Process[T]:
+        """Start ``agent(ctx, *args)`` as a new process and return its handle.
+
+        ``name`` (default ``<function>-<pid>``) keys the agent's own memory and storage,
+        so an agent spawned again under the same name finds them; ``group`` (default: the
+        name) shares group spaces; ``priority``: lower runs first. Raises
+        :class:`ProcessError` for a bad argument, :class:`KernelClosedError` outside
+        ``async with``."""
+        if self._closed or self._tg is None:
+            raise KernelClosedError("spawn() on a kernel that is not running (use `async with`)")
+        if not _is_async_callable(agent):
+            raise ProcessError(f"agent must be an async function (async def), got {agent!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ProcessError(f"priority must be an int, got {priority!r}")
+        _check_name("name", name)
+        _check_name("group", group)
+        pid = next(self._pids)
+        pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
+        proc: Process[T] = Process(self, pid, pname, group or pname, priority)
+        proc.log = self._log.bind(pid=pid, agent=pname)
+        proc.ctx = Context(self.door, proc)
+        self._procs[pid] = proc
+        if self.watchdog is not None:
+            self.watchdog.watch(_code_of(agent), pname)
+        self._tg.start_soon(self._run_process, proc, agent, args, name=f"aios:{pname}")
+        return proc
+
+    async def _run_process(
+        self, proc: Process[Any], agent: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        log = proc.log
+        outcome = ProcessState.KILLED
+        with anyio.CancelScope() as scope:
+            proc._scope = scope
+            if proc._kill_requested:
+                scope.cancel()
+            try:
+                log.debug("process.started", priority=proc.priority)
+                proc._result = await agent(proc.ctx, *args)
+                outcome = ProcessState.DONE
+            except Exception as exc:
+                proc._exc = exc
+                outcome = ProcessState.FAILED
+                log.warning("process.failed", error=f"{type(exc).__name__}: {exc}")
+            except SystemExit as exc:  # an agent's exit ends that agent, not the kernel
+                proc._exc = ProcessError(
+                    f"process {proc.pid} ({proc.name}) called sys.exit({exc.code!r})")
+                outcome = ProcessState.FAILED
+                log.warning("process.exited", code=exc.code)
+            finally:
+                proc._outcome = outcome
+                proc.ended_at = time.time()
+                proc._done.set()
+                log.debug("process.ended", state=outcome.value)
+
+    def ps(self) -> list[ProcessInfo]:
+        return [p.info() for p in self._procs.values()]
+
+    def _on_suspend(self, proc: Process[Any]) -> None:
+        for queue in self._queues.values():
+            queue.suspend(proc)
+
+    def _on_resume(self, proc: Process[Any]) -> None:
+        for queue in self._queues.values():
+            queue.resume(proc)
+
+    def _on_priority(self, proc: Process[Any]) -> None:
+        by_queue: dict[ResourceQueue, list[Any]] = {}
+        for entry, queue in proc.entries.items():
+            by_queue.setdefault(queue, []).append(entry)
+        for queue, entries in by_queue.items():
+            queue.reprioritize(entries, proc.priority)
+
+
+def _check_name(what: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > _NAME_MAX or not all(
+            c.isprintable() for c in value):
+        raise ProcessError(f"{what} must be a non-empty printable str of at most {_NAME_MAX} "
+                           f"characters, got {value!r}")
+
+
+def _code_of(agent: Any) -> Any:
+    while hasattr(agent, "func") and not inspect.isfunction(agent):  # functools.partial
+        agent = agent.func
+    code = getattr(agent, "__code__", None)
+    return code if code is not None else getattr(getattr(agent, "__call__", None),  # noqa: B004
+                                                 "__code__", None)
+
+
+def _is_async_callable(obj: Any) -> bool:
+    while hasattr(obj, "func") and not inspect.isfunction(obj):  # functools.partial
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004
+    )
+

