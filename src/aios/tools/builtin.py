@@ -144,7 +144,7 @@ async def python(code: str) -> str:
     Args:
         code: The program text; use print() to show results.
     """
-    bootstrap = _BOOTSTRAP.format(cpu=int(PYTHON_WALL_S), mem=PYTHON_MEMORY_BYTES,
+    bootstrap = _BOOTSTRAP.format(cpu=max(1, math.ceil(PYTHON_WALL_S)), mem=PYTHON_MEMORY_BYTES,
                                   fsize=16 * 1024 * 1024)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     with tempfile.TemporaryDirectory(prefix="aios-python-") as cwd:
