@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+
 import anyio
 import pytest
 
