@@ -5,34 +5,29 @@ beside this file) no model is needed:
 
     aios run agents/react.py:react -n 20 --policy las --config agents/sim.toml
 
-Tools here are plain local functions; the kernel schedules every LLM call.
+Its tools are ``@aios.tool`` functions listed in ``TOOLS`` (``aios run`` gives a file's
+``TOOLS`` to the kernel; embedding apps pass ``aios.Kernel(config, tools=TOOLS)``). The
+kernel validates every call's arguments, schedules the tool like an LLM call, and
+``ctx.tools.run`` runs all calls of one reply in parallel, answering a bad call with a
+message that tells the model what to fix.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 import aios
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Search the notes for a query.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}},
-                "required": ["query"],
-            },
-        },
-    }
-]
 
-
-def search(query: str = "") -> str:
+@aios.tool(max_concurrency=4, timeout_s=5.0)
+async def search(query: Annotated[str, Field(description="What to look for.")]) -> str:
+    """Search the notes for a query."""
     return f"3 notes mention {query!r}"
+
+
+TOOLS = [search]
 
 
 async def react(ctx: aios.Context, task: str = "", max_steps: int = 4) -> str:
@@ -41,19 +36,10 @@ async def react(ctx: aios.Context, task: str = "", max_steps: int = 4) -> str:
         {"role": "system", "content": "Use the search tool, then answer."},
         {"role": "user", "content": task},
     ]
+    tools = await ctx.tools.specs()
     for _ in range(max_steps):
-        reply = await ctx.llm.chat(messages, tools=TOOLS, max_tokens=32)
+        reply = await ctx.llm.chat(messages, tools=tools, max_tokens=32)
         if not reply.tool_calls:
             return reply.text
-        messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": [
-            {"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": c.arguments}}
-            for c in reply.tool_calls]})
-        for call in reply.tool_calls:
-            try:
-                args = json.loads(call.arguments or "{}")
-            except ValueError:
-                args = {}
-            result = search(**args) if call.name == "search" else f"unknown tool {call.name}"
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        messages += [reply.message, *await ctx.tools.run(reply.tool_calls)]
     return "gave up after max_steps"
