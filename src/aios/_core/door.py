@@ -163,8 +163,13 @@ class Door:
         self._next += 1
         sc = SyscallContext(proc, syscall, f"{self._kernel_id}.{proc.pid}.{self._next}",
                             proc.log)
-        for guard in self.guards:
-            guard(sc, syscall)
+        try:
+            for guard in self.guards:
+                guard(sc, syscall)
+        except SyscallError as exc:
+            if exc.syscall is None:
+                exc.syscall = syscall
+            raise
         proc.syscalls += 1
         return handler, sc
 

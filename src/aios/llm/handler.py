@@ -190,38 +190,54 @@ class _Generation:
         self.resume: Resume | None = None
         self.final: Chunk | None = None
         self.kv: bytes | None = None
+        self.must_save = False    # preempted: the checkpoint is still to be written
 
     async def run(self) -> AsyncGenerator[str | ChatResult, None]:
         """The admission loop. Each turn: wait for a slot, (re)start the generation from
-        the last checkpoint and forward its text; then finish, or (preempted) write the
-        checkpoint and queue again, or (rate limited) back off and queue again."""
+        the last checkpoint and forward its text; then finish, or (preempted) queue again
+        at once while its checkpoint is written, or (rate limited) back off and queue
+        again."""
         queue = self.res.queue
-        sc = self.sc
         try:
-            with sc.entry(queue, preemptible=self.preemptible) as entry:
+            with self.sc.entry(queue, preemptible=self.preemptible) as entry:
                 while self.final is None:
                     rejected: RateLimited | None = None
-                    async with queue.admitted(entry) as slot:
-                        try:
-                            async for text in self._segment(entry, slot):
-                                yield text
-                        except RateLimited as exc:
-                            rejected = self._rejected(exc, slot)
+                    slot = await self._admission(entry)
+                    try:
+                        async for text in self._segment(entry, slot):
+                            yield text
+                    except RateLimited as exc:
+                        rejected = self._rejected(exc, slot)
+                    finally:
+                        queue.release(entry, slot.service, rejected=slot.rejected)
                     if rejected is not None:
                         await self._backoff(rejected)
-                    elif self.final is None:
-                        self.pending = await self.ckpt.save(
-                            self.pending, self.parts, self.token_ids, self.n_out, self.kv)
-                        self.kv = None
-        except anyio.get_cancelled_exc_class():
-            sc.log.debug("syscall.cancelled", syscall=sc.sid, tokens=self.n_out)
-            raise
-        except Exception as exc:
-            sc.log.info("syscall.failed", syscall=sc.sid, error=f"{type(exc).__name__}: {exc}")
-            raise
         finally:
             await self.ckpt.discard()
         yield self._result()
+
+    async def _admission(self, entry: Entry) -> Slot:
+        """Wait for a slot. A preempted generation keeps its place in the queue while its
+        checkpoint is written (so nothing less urgent overtakes it meanwhile); the slot
+        is used only once the checkpoint is safe."""
+        queue = self.res.queue
+        try:
+            if self.must_save:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._save_checkpoint)
+                    await queue.acquire(entry)
+            else:
+                await queue.acquire(entry)
+        except BaseException:
+            queue.release(entry, 0.0)  # admitted, then the save failed: give it back
+            raise
+        return Slot(entry)
+
+    async def _save_checkpoint(self) -> None:
+        self.pending = await self.ckpt.save(self.pending, self.parts, self.token_ids,
+                                            self.n_out, self.kv)
+        self.kv = None
+        self.must_save = False
 
     async def _segment(self, entry: Entry, slot: Slot) -> AsyncIterator[str]:
         """Generate while admitted: until the end, a preemption or an error. The slot's
@@ -261,6 +277,7 @@ class _Generation:
                         call.max_tokens is None or self.n_out + 1 < call.max_tokens):
                     # one token from the end, finishing beats switching
                     self.pending = await self._preempt(stream)
+                    self.must_save = True
                     return
             raise BadResponse(f"backend {self.res.name!r} ended a generation without a "
                               "finish_reason", syscall=call)
