@@ -42,6 +42,7 @@ from aios.errors import (
     RateLimited,
 )
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.llm.wire import error_class_from_wire
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
 __all__ = ["OpenAIBackend"]
@@ -357,7 +358,9 @@ class OpenAIBackend(LLMBackend):
             status = exc.status_code
             message = _server_message(exc)
             retry_after = _retry_after(exc)
-            if status == 429:
+            # One table for both directions (aios.llm.wire), shared with sim-serve.
+            cls = error_class_from_wire(status, exc.code if isinstance(exc.code, str) else None)
+            if cls is RateLimited:
                 return _Failure(
                     RateLimited(
                         f"the server at {where} is rate limiting (429): {message}",
@@ -370,16 +373,16 @@ class OpenAIBackend(LLMBackend):
                     retry_after=retry_after,
                     status=status,
                 )
-            if status >= 500 or status == 408:
+            if issubclass(cls, BackendUnavailable):
                 return _Failure(
-                    BackendUnavailable(
+                    cls(
                         f"the server at {where} failed ({status}): {message}", syscall=call
                     ),
                     retryable=True,
                     retry_after=retry_after,
                     status=status,
                 )
-            if status == 404:
+            if cls is ModelNotFound:
                 available = await self._available_models(client)
                 return _Failure(
                     ModelNotFound(
@@ -390,7 +393,8 @@ class OpenAIBackend(LLMBackend):
                     ),
                     status=status,
                 )
-            if status == 400 and _is_context_error(exc, message):
+            if cls is ContextWindowExceeded or (status == 400
+                                                and _is_context_error(exc, message)):
                 return _Failure(
                     ContextWindowExceeded(
                         f"the prompt does not fit model {self._model!r} at {where}: {message}",

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aios.errors import (
+    AIOSError,
     BackendUnavailable,
     ConfigError,
     ContextWindowExceeded,
@@ -50,6 +51,7 @@ from aios.llm.sim import (
     content_text,
     engine_config_from_options,
 )
+from aios.llm.wire import error_to_wire
 from aios.syscalls import LLMChat, Usage
 
 __all__ = [
@@ -63,6 +65,14 @@ __all__ = [
 # ------------------------------------------------------------------------- errors
 
 
+def _wire_error(exc: AIOSError, *, param: str | None = None,
+                headers: dict[str, str] | None = None) -> JSONResponse:
+    """An aios error as OpenAI's error JSON, status from the one table (aios.llm.wire)."""
+    wire = error_to_wire(exc)
+    return _error(wire.status, str(exc), type_=wire.type, code=wire.code, param=param,
+                  headers=headers)
+
+
 def _error(
     status: int,
     message: str,
@@ -72,6 +82,11 @@ def _error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    # An error may quote the request (a key holding a lone surrogate): never let the
+    # quote make the error itself unencodable.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if param is not None:
+        param = param.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -84,6 +99,58 @@ class _BadRequest(Exception):
 
 
 # ------------------------------------------------------------------------ parsing
+
+_MAX_DEPTH = 128
+"""Deepest JSON nesting accepted in a request body (tool schemas need a few tens)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    """The request body as JSON, or :class:`_BadRequest` saying why not: invalid JSON
+    (``NaN``/``Infinity`` included: they are not JSON; nor is a number too large for a
+    float, which Python would read as infinity), not UTF-8, nested deeper than
+    ``_MAX_DEPTH``, or a string that is not valid Unicode (a lone surrogate such as
+    ``"\\ud800"``, which JSON's escapes can spell but no UTF-8 text can hold)."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _BadRequest(f"the request body is nested deeper than {_MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _BadRequest(f"the request body is not valid JSON: {exc}") from None
+    # Iterative walk: a recursive one would itself fail on the depth it must refuse.
+    stack: list[tuple[Any, int, str]] = [(body, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise _BadRequest(f"the request body is nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, float) and not math.isfinite(node):  # 1e999 parses as inf
+            raise _BadRequest(f"'{where or 'body'}' is out of range ({node})",
+                              where.split(".")[0] or None)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}.{key}" if where else str(key)
+                _check_text(key, path)
+                stack.append((value, depth + 1, path))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}.{i}") for i, v in enumerate(node))
+    return body
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise _BadRequest(
+            f"'{where or 'body'}' holds a lone surrogate (\\u{ord(bad):04x} at character "
+            f"{exc.start}): strings must be valid Unicode",
+            where.split(".")[0] or None,
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +308,7 @@ async def _complete(request: Request, stream: SimStream, rid: str, model: str) -
             failure = exc
         tg.cancel_scope.cancel()
     if failure is not None:
-        return _error(503, str(failure), type_="server_error", code="backend_unavailable")
+        return _wire_error(failure)
     if result is None:  # the client disconnected; nobody reads this
         return Response(status_code=499)
     text, final = result
@@ -330,10 +397,12 @@ def create_sim_app(engine: SimEngine) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         try:
-            body = await request.json()
-        except ValueError as exc:
-            return _error(400, f"the request body is not valid JSON: {exc}")
+            body = _loads(await request.body())
+        except _BadRequest as exc:
+            return _error(400, exc.message, param=exc.param)
         requested = body.get("model") if isinstance(body, dict) else None
+        if requested is not None and not isinstance(requested, str):
+            return _error(400, "'model' must be a string", param="model")
         if requested not in (None, "", engine.model):
             return unknown_model(str(requested))
         try:
@@ -348,13 +417,11 @@ def create_sim_app(engine: SimEngine) -> Starlette:
                 "Retry-After": str(max(1, math.ceil(retry))),
                 "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
             }
-            return _error(
-                429, str(exc), type_="rate_limit_error", code="rate_limited", headers=headers
-            )
+            return _wire_error(exc, headers=headers)
         except ContextWindowExceeded as exc:
-            return _error(400, str(exc), code="context_length_exceeded", param="messages")
+            return _wire_error(exc, param="messages")
         except LLMError as exc:
-            return _error(503, str(exc), type_="server_error", code="backend_unavailable")
+            return _wire_error(exc)
         rid = parsed.request.request_id
         if parsed.stream:
             return StreamingResponse(
@@ -388,6 +455,11 @@ def create_sim_app(engine: SimEngine) -> Starlette:
         detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
         return _error(status, f"{request.method} {request.url.path}: {detail}")
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug of the server: still OpenAI's JSON shape (the traceback goes to the log).
+        return _error(500, f"{request.method} {request.url.path}: internal error "
+                      f"({type(exc).__name__})", type_="server_error", code="internal_error")
+
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -396,7 +468,10 @@ def create_sim_app(engine: SimEngine) -> Starlette:
         Route("/stats/reset", reset_stats, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
 
 
 # ------------------------------------------------------------------------- server
