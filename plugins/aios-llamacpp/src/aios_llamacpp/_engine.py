@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aios_llamacpp import _snapshot
+from aios_llamacpp._grammar import Grammar
 from aios_llamacpp._sampling import SamplingParams, sample
 
 __all__ = ["Engine", "EngineError", "LoadOptions", "Restore", "Step", "load_engine"]
@@ -232,12 +233,27 @@ class Engine:
         return logits, len(seq) - keep
 
     def step(
-        self, prompt_len: int, seq: Sequence[int], params: SamplingParams, position: int
+        self, prompt_len: int, seq: Sequence[int], params: SamplingParams, position: int,
+        grammar: Grammar | None = None,
     ) -> Step:
-        """Sync to ``seq`` and sample the completion token at ``position``."""
+        """Sync to ``seq`` and sample the completion token at ``position``.
+
+        With a ``grammar``, the token is one it allows (llama.cpp's shortcut: keep the
+        unconstrained draw if allowed, else mask every logit and draw again); the caller
+        makes the grammar accept it.
+        """
         logits, evaluated = self.sync(prompt_len, seq)
         token = sample(logits, params, position)
+        if grammar is not None and not grammar.allows(token):
+            masked = grammar.mask(logits)  # a copy: the cached logits stay as they are
+            if not np.isfinite(masked).any():
+                raise EngineError("the grammar allows no token at this point")
+            token = sample(masked, params, position)
         return Step(token, self.piece(token), self.is_eog(token), evaluated)
+
+    def grammar(self, gbnf: str) -> Grammar:
+        """A grammar sampler over this model's vocabulary (``GrammarError`` if invalid)."""
+        return Grammar(self._vocab, self.n_vocab, gbnf)
 
     def holds(self, prompt_len: int, seq: Sequence[int]) -> bool:
         return self._prompt_len == prompt_len and self._tokens == list(seq)

@@ -32,11 +32,12 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aios.config import LLMConfig, config_error
-from aios.errors import BackendUnavailable, ContextWindowExceeded, LLMError
+from aios.errors import BackendUnavailable, ContextWindowExceeded, InvalidSyscall, LLMError
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
-from aios.syscalls import LLMChat, Usage
-from aios_llamacpp import _snapshot
+from aios.syscalls import LLMChat, ToolCallRequest, Usage
+from aios_llamacpp import _snapshot, _tools
 from aios_llamacpp._engine import Engine, EngineError, LoadOptions, Step, load_engine
+from aios_llamacpp._grammar import Grammar, GrammarError, grammar_for
 from aios_llamacpp._sampling import SamplingParams
 from aios_llamacpp._text import TextStream
 
@@ -102,6 +103,7 @@ class LlamaCppBackend(LLMBackend):
         self._engine: Engine | None = None
         self._closed = False
         self._formatter: Any = None
+        self._native_tools = False  # the GGUF's chat template renders `tools` itself
         self.model_name = config.model
         # The model serves one evaluation at a time. The lock is taken per step (never held
         # across a yield), so an abandoned iterator cannot wedge the backend; each step
@@ -178,6 +180,9 @@ class LlamaCppBackend(LLMBackend):
         except EngineError as exc:
             raise BackendUnavailable(f"llamacpp: llama.cpp could not load {path}: {exc}") from exc
         template = engine.metadata.get("tokenizer.chat_template") or _CHATML_TEMPLATE
+        # A template that mentions `tools` renders them (and tool calls / results) in its
+        # own format; the others get the Hermes/Qwen system-prompt section (see _tools).
+        self._native_tools = "tools" in template
         try:
             self._formatter = Jinja2ChatFormatter(
                 template=template,
@@ -223,6 +228,12 @@ class LlamaCppBackend(LLMBackend):
 
     # -- generation ----------------------------------------------------------------------
 
+    def preemptible(self, call: LLMChat) -> bool:
+        """Every call, constrained ones included: a resumed generation rebuilds its text,
+        tool-call and grammar state from the resumed token ids, so with or without its KV
+        snapshot it produces exactly what the uninterrupted one would (tested)."""
+        return True
+
     def generate(self, request: GenerationRequest) -> _Generation:
         return _Generation(self, request)
 
@@ -237,10 +248,16 @@ class LlamaCppBackend(LLMBackend):
 
     def _format(self, engine: Engine, call: LLMChat) -> list[int]:
         """Worker thread: the prompt token ids of ``call`` under the model's template."""
+        tools = call.tools if call.tools and call.tool_choice != "none" else None
         try:
-            rendered = self._formatter(
-                messages=call.messages, tools=call.tools, tool_choice=call.tool_choice
-            )
+            if self._native_tools:
+                messages = [dict(m, content=_tools.text_of(m.get("content")))
+                            if isinstance(m.get("content"), list) else m
+                            for m in call.messages]
+                rendered = self._formatter(messages=messages, tools=tools,
+                                           tool_choice=call.tool_choice if tools else None)
+            else:
+                rendered = self._formatter(messages=_tools.plain_messages(call.messages, tools))
             tokens = engine.tokenize(str(rendered.prompt), special=True)
         except Exception as exc:  # template raise_exception(), bad message shapes
             raise LLMError(
@@ -267,16 +284,24 @@ class LlamaCppBackend(LLMBackend):
 class _Generation:
     """One generation: an async iterator of chunks that can snapshot its KV cache.
 
-    State lives here, not in the engine: the prompt, every completion token so far and
-    the text stream. Each step asks the engine to hold ``prompt + tokens`` (a no-op unless
-    another generation used the model in between) and to sample the next token.
+    State lives here, not in the engine: the prompt, every completion token so far, the
+    text stream, the tool-call scanner and the grammar. Each step asks the engine to hold
+    ``prompt + tokens`` (a no-op unless another generation used the model in between)
+    and to sample the next token. Text, scanner and grammar states are functions of the
+    tokens, so a resumed generation replays the resumed tokens into fresh ones.
     """
 
     def __init__(self, backend: LlamaCppBackend, request: GenerationRequest) -> None:
         self._b = backend
         self._req = request
-        self._call = request.call
-        self._stream = TextStream(request.call.stop or ())
+        self._call = call = request.call
+        self._stream = TextStream(call.stop or ())
+        # Tool calls are parsed out of the text when the model was given tools.
+        self._scan: _tools.ToolCallScanner | None = None
+        if call.tools and call.tool_choice != "none":
+            self._scan = _tools.ToolCallScanner(
+                parallel=call.extra.get("parallel_tool_calls") is not False)
+        self._grammar: Grammar | None = None
         self._params = SamplingParams()
         self._prompt_len = 0
         self._seq: list[int] = []  # prompt + completion tokens (resumed ones included)
@@ -308,7 +333,14 @@ class _Generation:
     async def aclose(self) -> None:
         # No lock is held between chunks, so there is nothing to release: the KV cache
         # simply stays as it is until the next generation (or this one resumed) reuses it.
+        # A grammar is this generation's own (no step of ours runs now): free it here.
         self._done = True
+        self._free_grammar()
+
+    def _free_grammar(self) -> None:
+        grammar, self._grammar = self._grammar, None
+        if grammar is not None:
+            grammar.free()
 
     async def save_kv(self) -> bytes:
         """Snapshot the KV cache at the current token boundary (see ``_snapshot``)."""
@@ -358,9 +390,32 @@ class _Generation:
 
     def _step(self, engine: Engine, position: int) -> Step:
         try:
-            return engine.step(self._prompt_len, self._seq, self._params, position)
+            step = engine.step(self._prompt_len, self._seq, self._params, position,
+                               self._grammar)
         except EngineError as exc:
             raise BackendUnavailable(f"llamacpp: {exc}", syscall=self._call) from exc
+        if self._grammar is not None and not step.is_eog:
+            self._grammar.accept(step.token)
+        return step
+
+    def _feed(self, piece: bytes) -> str:
+        text = self._stream.feed(piece)
+        return self._scan.feed(text) if self._scan is not None else text
+
+    def _emitted(self) -> str:
+        return self._scan.emitted if self._scan is not None else self._stream.emitted
+
+    def _stopped(self) -> bool:
+        return self._stream.stopped or (self._scan is not None and self._scan.done)
+
+    def _finish(self) -> tuple[str, list[ToolCallRequest] | None]:
+        """Flush held-back text; the tool calls, if the output was tool calls."""
+        text = self._stream.finish()
+        if self._scan is None:
+            return text, None
+        text = self._scan.feed(text)
+        rest, calls = self._scan.finish(self._req.request_id)
+        return text + rest, calls
 
     def _setup(self, engine: Engine) -> Chunk | None:
         """Worker thread: prompt, budget, resumed state. A Chunk if already finished."""
@@ -383,6 +438,12 @@ class _Generation:
         budget = call.max_tokens if call.max_tokens is not None else b.options.max_tokens
         # Every produced token must fit in the cache (it is evaluated before the next one).
         self._limit = min(budget, n_ctx - len(prompt))
+        gbnf = grammar_for(call)
+        if gbnf is not None:
+            try:
+                self._grammar = engine.grammar(gbnf)
+            except GrammarError as exc:
+                raise InvalidSyscall(f"llamacpp: {exc}", syscall=call) from exc
         b._counters["generations"] += 1
         if resume is None:
             return None
@@ -393,15 +454,15 @@ class _Generation:
         self._seq.extend(ids)
         self._resumed = len(ids)
         for tok in ids:
-            self._stream.feed(engine.piece(tok))
-        if self._stream.emitted != resume.text:
+            self._replay(engine, tok)
+        if self._emitted() != resume.text:
             self._info["resume_text_mismatch"] = True
             b.log.warning("llamacpp.resume_text_mismatch", llm=b.config.name,
                         request_id=self._req.request_id)
-        if self._stream.stopped:
+        if self._stopped():
             return self._final("", (), 0, "stop")
         if len(ids) >= self._limit:
-            return self._final(self._stream.finish(), (), 0, "length")
+            return self._final("", (), 0, "length")
         if resume.kv is not None:
             t0 = time.perf_counter()
             result = engine.restore(resume.kv, self._seq)
@@ -416,25 +477,41 @@ class _Generation:
                             request_id=self._req.request_id, reason=result.reason)
         return None
 
+    def _replay(self, engine: Engine, token: int) -> None:
+        """Worker thread: bring text, scanner and grammar past one resumed token."""
+        grammar = self._grammar
+        if grammar is not None:
+            # llama.cpp aborts the process on a token its grammar cannot accept: check.
+            if not grammar.allows(token):
+                raise LLMError("llamacpp: a resumed token does not fit the call's grammar "
+                               "(the resume is not this generation's)", syscall=self._call)
+            grammar.accept(token)
+        self._feed(engine.piece(token))
+
     def _absorb(self, step: Step) -> Chunk:
         if not self._stepped:
             self._stepped = True
             self._prefill = step.evaluated
             self._info["prefill_tokens"] = step.evaluated
         if step.is_eog:
-            return self._final(self._stream.finish(), (), 0, "stop")
+            return self._final("", (), 0, "stop")
         self._seq.append(step.token)
         self._new += 1
         self._b._counters["tokens"] += 1
-        text = self._stream.feed(step.piece)
+        text = self._feed(step.piece)
         ids = (step.token,)
-        if self._stream.stopped:
+        if self._stopped():
             return self._final(text, ids, 1, "stop")
         if self._resumed + self._new >= self._limit:
-            return self._final(text + self._stream.finish(), ids, 1, "length")
+            return self._final(text, ids, 1, "length")
         return Chunk(text=text, token_ids=ids, n_tokens=1, model=self._b.model_name)
 
     def _final(self, text: str, ids: tuple[int, ...], n: int, reason: str) -> Chunk:
+        tail, tool_calls = self._finish()
+        text += tail
+        if tool_calls:
+            reason = "tool_calls"
+        self._free_grammar()
         # The "prompt" of this segment is what the model was conditioned on before its
         # first new token: the chat prompt plus any resumed completion tokens.
         prompt_tokens = self._prompt_len + self._resumed
@@ -448,6 +525,7 @@ class _Generation:
             token_ids=ids,
             n_tokens=n,
             finish_reason=reason,
+            tool_calls=tool_calls,
             usage=Usage(
                 prompt_tokens=prompt_tokens, completion_tokens=self._new, cached_tokens=cached
             ),
