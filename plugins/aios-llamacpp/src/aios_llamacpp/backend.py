@@ -35,7 +35,7 @@ from aios.config import LLMConfig, config_error
 from aios.errors import BackendUnavailable, ContextWindowExceeded, InvalidSyscall, LLMError
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
-from aios_llamacpp import _snapshot, _tools
+from aios_llamacpp import _checks, _snapshot, _tools
 from aios_llamacpp._engine import Engine, EngineError, LoadOptions, Step, load_engine
 from aios_llamacpp._grammar import Grammar, GrammarError, grammar_for
 from aios_llamacpp._sampling import SamplingParams
@@ -227,6 +227,11 @@ class LlamaCppBackend(LLMBackend):
             return fn(*args)
 
     # -- generation ----------------------------------------------------------------------
+
+    def check(self, call: LLMChat) -> None:
+        """Refuse (``InvalidSyscall`` naming the field) what the embedded model cannot do:
+        see :mod:`aios_llamacpp._checks` for what it can."""
+        _checks.check(call)
 
     def preemptible(self, call: LLMChat) -> bool:
         """Every call, constrained ones included: a resumed generation rebuilds its text,
@@ -420,6 +425,7 @@ class _Generation:
     def _setup(self, engine: Engine) -> Chunk | None:
         """Worker thread: prompt, budget, resumed state. A Chunk if already finished."""
         b, call, resume = self._b, self._call, self._req.resume
+        b.check(call)  # also here: a caller may skip the kernel's door
         prompt = b._format(engine, call)
         n_ctx = engine.n_ctx
         if len(prompt) + 1 > n_ctx:
