@@ -174,7 +174,8 @@ class Context:
         if self._memory is None:
             from aios.memory.client import MemoryClient
 
-            self._memory = MemoryClient(self._door, self._proc)
+            self._memory = MemoryClient(self._door, self._proc,
+                                        store=self._proc.kernel_config.memory.store)
         return self._memory
 
     @property

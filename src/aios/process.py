@@ -20,6 +20,7 @@ from aios.scheduler.policy import Entry, EntryState
 if TYPE_CHECKING:
     from aios._core.kernel import Kernel
     from aios.checkpoint.store import ContextSwitch
+    from aios.config import KernelConfig
     from aios.scheduler.queue import ResourceQueue
 
 __all__ = ["Process", "ProcessInfo", "ProcessState"]
@@ -104,6 +105,10 @@ class Process(Generic[T]):
         self._result: Any = None
         self._exc: BaseException | None = None
         self._kill_requested = False
+
+    @property
+    def kernel_config(self) -> KernelConfig:
+        return self._kernel.config
 
     @property
     def state(self) -> ProcessState:

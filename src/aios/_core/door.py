@@ -180,9 +180,18 @@ class Door:
         :class:`InvalidSyscall` for an unknown kind, :class:`KernelInternalError` for a
         handler's bug; cancellation propagates as anyio's."""
         handler, sc = self._enter(proc, syscall)
-        with self._in_flight(proc, sc, syscall, handler) as outcome:
+        outcome = _Outcome()
+        t0 = self._begin(proc, sc, syscall)
+        try:
             outcome.result = await handler.call(sc, syscall)
             return outcome.result
+        except BaseException as exc:
+            outcome.error = _attach(exc, syscall, handler)
+            if outcome.error is exc:
+                raise
+            raise outcome.error from exc
+        finally:
+            self._finish(proc, sc, syscall, outcome, t0)
 
     def stream(
         self, proc: Process[Any], syscall: Any
@@ -218,22 +227,6 @@ class Door:
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
-            self._finish(proc, sc, syscall, outcome, t0)
-
-    @contextmanager
-    def _in_flight(
-        self, proc: Process[Any], sc: SyscallContext, syscall: Any, handler: SyscallHandler
-    ) -> Iterator[_Outcome]:
-        outcome = _Outcome()
-        t0 = self._begin(proc, sc, syscall)
-        try:
-            yield outcome
-        except BaseException as exc:
-            outcome.error = _attach(exc, syscall, handler)
-            if outcome.error is exc:
-                raise
-            raise outcome.error from exc
-        finally:
             self._finish(proc, sc, syscall, outcome, t0)
 
     def _begin(self, proc: Process[Any], sc: SyscallContext, syscall: Any) -> float:
