@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aios
@@ -127,3 +128,27 @@ async def test_an_agent_cancelled_mid_call_frees_the_tools_slot() -> None:
             await started.wait()  # the slot came back: the second call was admitted
         second.kill()
         assert await k.spawn(quick).wait() == 1
+
+
+async def test_mcp_tools_in_a_kernel_and_a_clean_exit() -> None:
+    import sys
+    from pathlib import Path
+
+    server = str(Path(__file__).parent / "mcp_servers" / "demo_server.py")
+    cfg = aios.KernelConfig(mcp=[{"name": "demo", "command": sys.executable,
+                                  "args": [server, "stdio"]}])
+
+    async def use(ctx: aios.Context) -> str:
+        return (await ctx.tools.call("demo__add", {"a": 20, "b": 22})).content
+
+    async with aios.Kernel(cfg, backends={"default": ScriptedLLM()}) as k:
+        assert await k.spawn(use).wait() == "42"
+    # the server's supervisor is gone and left nothing behind in this task
+    await anyio.lowlevel.checkpoint()
+    async with aios.Kernel(aios.KernelConfig(), backends={"default": ScriptedLLM()},
+                           tools=[word_count]) as k:
+        assert await k.spawn(researcher_free).wait() == 2
+
+
+async def researcher_free(ctx: aios.Context) -> int:
+    return (await ctx.tools.call("word_count", {"text": "a b"})).value

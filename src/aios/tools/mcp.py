@@ -17,9 +17,10 @@ a call: a tool's effects may not be idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -67,24 +68,27 @@ class MCPProvider(ToolProvider):
         self._inflight: set[anyio.CancelScope] = set()
         self._garbage: str | None = None
         self._connecting: anyio.CancelScope | None = None
-        self._stack: AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    # -- lifecycle (start and close must run in the same task) ----------------------
+    # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the supervisor; wait for its first attempt (never longer than
-        ``connect_timeout_s``). A failed attempt is not raised: the supervisor retries."""
-        self._stack = AsyncExitStack()
-        tg = await self._stack.enter_async_context(anyio.create_task_group())
-        self._stack.callback(tg.cancel_scope.cancel)
-        tg.start_soon(self._supervise)
+        ``connect_timeout_s``). A failed attempt is not raised: the supervisor retries.
+
+        The supervisor is a task of its own, not a child of a task group entered here:
+        the kernel starts and closes handlers around its own task group and under a
+        shield, so a task group held open from start() to close() would not nest."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"aios-mcp-{self.cfg.name}")
         with anyio.move_on_after(self.cfg.connect_timeout_s + 1.0):
             await self._attempted.wait()
 
     async def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # waits without re-raising the task's cancellation
 
     async def _supervise(self) -> None:
         delay = _BACKOFF_FIRST_S
@@ -167,28 +171,16 @@ class MCPProvider(ToolProvider):
 
     @asynccontextmanager
     async def _watched(self, transport: Transport) -> AsyncIterator[TransportStreams]:
-        """The transport's streams, with the incoming side watched: its end (the
-        process exited) or a message that is not JSON-RPC marks the connection lost."""
-        from mcp.shared.message import SessionMessage
-
+        """The transport's streams, with the incoming side watched (in line, no extra
+        task): its end (the process exited) or a message that is not JSON-RPC marks
+        the connection lost."""
         async with transport as (read, write):
-            send, recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+            yield _WatchedStream(read, self._on_item, self._lose), write
 
-            async def pump() -> None:
-                async with send:
-                    async for item in read:
-                        if isinstance(item, Exception):
-                            self._garbage = f"the server sent an invalid message: {item}"
-                            self._lose()
-                        await send.send(item)
-                self._lose()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump)
-                try:
-                    yield recv, write
-                finally:
-                    tg.cancel_scope.cancel()
+    def _on_item(self, item: Any) -> None:
+        if isinstance(item, Exception):
+            self._garbage = f"the server sent an invalid message: {item}"
+            self._lose()
 
     async def _listen(self, client: Client) -> None:
         """Follow ``tools/list_changed`` (2026 protocol: a ``subscriptions/listen``
@@ -226,7 +218,7 @@ class MCPProvider(ToolProvider):
     async def _ready(self) -> Client:
         """The live client; while reconnecting after a loss (not while failing to
         connect at all) wait for it, bounded by ``connect_timeout_s``."""
-        if self._client is None and not self._failing and self._stack is not None:
+        if self._client is None and not self._failing and self._task is not None:
             with anyio.move_on_after(self.cfg.connect_timeout_s):
                 await self._up.wait()
         if self._client is None:
@@ -291,6 +283,45 @@ class MCPProvider(ToolProvider):
             raise ToolFailed(f"MCP server {server!r}: {why}; the call was abandoned and the "
                              "server is being restarted")
         return _result(name, result)
+
+
+class _WatchedStream:
+    """A read stream that reports each item and its end to the supervisor."""
+
+    def __init__(self, inner: Any, on_item: Any, on_end: Any) -> None:
+        self._inner = inner
+        self._on_item = on_item
+        self._on_end = on_end
+
+    def __getattr__(self, name: str) -> Any:  # last_context and the like
+        return getattr(self._inner, name)
+
+    async def receive(self) -> Any:
+        try:
+            item = await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_end()
+            raise
+        self._on_item(item)
+        return item
+
+    def __aiter__(self) -> _WatchedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _WatchedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _result(name: str, result: mcp_types.CallToolResult) -> ToolResult:
