@@ -13,8 +13,8 @@ from aios.bench.runner import Target, run_system
 from aios.bench.workload import Dist, Workload, load_workload
 from aios.cli import main
 
-WORKLOADS = sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks" / "workloads")
-                   .glob("*.toml"))
+SHIPPED = Path(__file__).parents[1] / "src" / "aios" / "bench" / "workloads"
+WORKLOADS = sorted(p.stem for p in SHIPPED.glob("*.toml"))
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

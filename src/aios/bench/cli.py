@@ -7,6 +7,7 @@ and (with ``--base-url``) that the server answers.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import anyio
 from aios.bench.report import markdown, summarize, write_json, write_plots
 from aios.bench.runner import NOPREEMPT, RunResult, Target, run_system
 from aios.bench.workload import Workload, load_workload
+from aios.cli import positive_int
 from aios.errors import BackendUnavailable, ConfigError
 from aios.plugins import PluginRegistry
 
@@ -25,16 +27,16 @@ DEFAULT_POLICIES = "fifo,priority,las,fair"
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workload", help="a name in benchmarks/workloads/ or a path to a .toml")
+    p.add_argument("workload", help="a shipped workload name (react-batch...) or a path to a .toml")
     p.add_argument("--policy", default=DEFAULT_POLICIES,
                    help="comma-separated policies; '<policy>-nopreempt' turns preemption off "
                         f"(default {DEFAULT_POLICIES})")
-    p.add_argument("--agents", type=int, help="override the workload's agent count")
+    p.add_argument("--agents", type=positive_int, help="override the workload's agent count")
     p.add_argument("--backend", default="sim", choices=["sim"],
                    help="the in-process simulated engine (default)")
     p.add_argument("--base-url", help="an OpenAI-compatible server instead of the sim")
     p.add_argument("--model", default="", help="model name on --base-url")
-    p.add_argument("--slots", type=int, default=8,
+    p.add_argument("--slots", type=positive_int, default=8,
                    help="the server's concurrent generations (--base-url; sim: from workload)")
     p.add_argument("--seed", type=int, help="override the workload's seed")
     p.add_argument("--out", help="output directory (default benchmarks/out/WORKLOAD-TIME)")
@@ -106,6 +108,18 @@ def _report(args: argparse.Namespace, workload: Workload, results: list[RunResul
           + "".join(f", {p}" for p in plots))
 
 
+def _check_writable(out: Path) -> None:
+    """``out`` is (or can be made) a directory this process can write files into."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory", key="--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out}: {exc.strerror or exc}", key="--out") from None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload).with_agents(args.agents)
     if args.seed is not None:
@@ -119,6 +133,7 @@ def run_bench(args: argparse.Namespace) -> int:
                      slots=args.slots) if args.base_url else Target(backend="sim"))
     out = Path(args.out) if args.out else Path("benchmarks/out") / (
         f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_writable(out)  # before the runs, not after them
     if not hasattr(args, "command_line"):
         args.command_line = "aios bench " + args.workload
     results = anyio.run(_bench, workload, systems, target)

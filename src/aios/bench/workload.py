@@ -1,4 +1,4 @@
-"""Declarative workloads: TOML files users copy and edit (``benchmarks/workloads/``).
+"""Declarative workloads: TOML files users copy and edit (shipped: ``aios/bench/workloads/``).
 
 A workload is a population of ReAct-style agents: each takes ``steps`` turns of one LLM
 call on a growing conversation followed by a simulated tool wait. Agents come in classes
@@ -9,6 +9,7 @@ it runs nothing.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import random
 import tomllib
@@ -162,9 +163,10 @@ def _replace(s: AgentSpec, **kw: Any) -> AgentSpec:
 
 
 def workload_dirs() -> list[Path]:
-    """Where named workloads are looked up: ./benchmarks/workloads, then the repo's."""
-    here = Path(__file__).resolve().parents[3] / "benchmarks" / "workloads"
-    return [Path.cwd() / "benchmarks" / "workloads", here]
+    """Where named workloads are looked up: ./benchmarks/workloads (your own), then the
+    ones shipped inside the package (``aios/bench/workloads``, also in a wheel)."""
+    shipped = Path(str(importlib.resources.files("aios.bench") / "workloads"))
+    return [Path.cwd() / "benchmarks" / "workloads", shipped]
 
 
 def load_workload(ref: str) -> Workload:
