@@ -291,3 +291,59 @@ async def test_urgent_admitted_beyond_the_engine_slots_preempts() -> None:
     assert not new.preempt
     for e in (old, new, urgent):
         q.release(e, 0)
+
+
+# -- issue 10/15: victims by cost, zero-cost preemption of requests queued in the engine,
+#    and re-prioritising a running syscall ----------------------------------------------
+
+
+def _prio_queue(window: int, slots: int) -> ResourceQueue:
+    return ResourceQueue("llm:test", window, PriorityPolicy(SchedulerConfig(policy="priority")),
+                         slots=slots, clock=FakeClock())
+
+
+async def test_a_queued_request_not_yet_started_is_bumped_at_zero_cost() -> None:
+    q = _prio_queue(window=3, slots=2)
+    running = [q.new_entry(FakeProc(i), f"r{i}", 5) for i in range(3)]
+    interrupted: list[str] = []
+    for e in running:
+        await q.acquire(e)
+        e.interrupt = (lambda s=e.syscall_id: interrupted.append(s))
+    running[0].started = running[1].started = True  # r2 is queued in the engine
+    urgent = q.new_entry(FakeProc(9), "u", 0)
+    q.release(running[0], 1.0)  # a slot frees: urgent is admitted beyond the slots
+    await q.acquire(urgent)
+    assert interrupted == ["r2"] and running[2].preempt
+    assert not running[1].preempt  # the started one keeps running: no resume needed
+
+
+async def test_victims_are_chosen_cheapest_to_resume_first() -> None:
+    q = _prio_queue(window=2, slots=2)
+    a, b = (q.new_entry(FakeProc(i), n, 5, preemptible=True) for i, n in enumerate("ab"))
+    for e in (a, b):
+        await q.acquire(e)
+        e.started = True
+    a.cost, b.cost = 900.0, 40.0
+    urgent = q.new_entry(FakeProc(9), "u", 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.acquire, urgent)
+        await anyio.lowlevel.checkpoint()
+        assert b.preempt and not a.preempt
+        q.release(b, 1.0)
+    assert urgent.state is EntryState.RUNNING
+
+
+async def test_lowering_a_running_syscalls_priority_lets_a_waiting_one_preempt() -> None:
+    q = _prio_queue(window=1, slots=1)
+    a = q.new_entry(FakeProc(1), "a", 1, preemptible=True)
+    await q.acquire(a)
+    a.started = True
+    w = q.new_entry(FakeProc(2), "w", 3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.acquire, w)
+        await anyio.lowlevel.checkpoint()
+        assert not a.preempt  # 3 does not preempt 1
+        q.reprioritize([a], 9)
+        assert a.preempt       # now 3 is more urgent than 9: re-evaluated at once
+        q.release(a, 1.0)
+    assert w.state is EntryState.RUNNING

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,8 +49,10 @@ class Entry:
     """
 
     __slots__ = (
+        "cost",
         "enqueued_at",
         "event",
+        "interrupt",
         "preempt",
         "preemptible",
         "priority",
@@ -57,6 +60,7 @@ class Entry:
         "push_seq",
         "run_started",
         "seq",
+        "started",
         "state",
         "syscall_id",
         "token",
@@ -80,6 +84,16 @@ class Entry:
         """Seconds spent waiting for admission so far (all admissions)."""
         self.preempt = False
         self.event: anyio.Event | None = None
+        self.started = False
+        """It has produced output in this admission (a first token). Admitted and not
+        started, it is most likely still queued inside the engine: stopping it costs
+        nothing, whatever the backend can resume."""
+        self.cost = 0.0
+        """What preempting it now would cost (tokens to prefill again on resume), kept up
+        to date by the syscall's handler; victims are chosen cheapest first."""
+        self.interrupt: Callable[[], None] | None = None
+        """Set by the handler while it waits for a first token: stops that wait at once
+        (a zero-cost preemption of a request queued in the engine)."""
 
     def __repr__(self) -> str:
         return (

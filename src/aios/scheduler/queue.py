@@ -189,7 +189,9 @@ class ResourceQueue:
         if self._occupied() > self.max_occupied:
             self.max_occupied = self._occupied()
         self.policy.on_admit(entry, now)
+        entry.started = False
         if len(self.running) > self.slots:
+            self._bump_queued(entry)
             self._preempt_for(entry)
         entry.waited += now - entry.enqueued_at
 
@@ -203,20 +205,46 @@ class ResourceQueue:
 
     def _preempt_for(self, urgent: Entry) -> None:
         """If ``urgent`` waits at a full window, or was admitted beyond the engine's slots,
-        ask the least urgent running generation that is less urgent than it to yield (of
-        equals, the one running longest: the one most surely in the engine's batch)."""
+        ask one running generation less urgent than it to yield.
+
+        Victims, in order: the least urgent class; within it, one that has not started
+        (still queued inside the engine: stopping it costs nothing and needs no resume
+        support); then the cheapest to resume (``cost``: tokens to prefill again); of
+        equals, the one running longest. A generation about to finish is never chosen.
+        """
         if (not self.preempt_enabled or not self.policy.priority_classes
                 or (self._occupied() < int(self.limit) and len(self.running) <= self.slots)):
             return
         victim: Entry | None = None
+        best: tuple[int, bool, float, float] | None = None
         for r in self.running:
-            if (r.preemptible and not r.preempt and r.priority > urgent.priority
-                    and r not in self.finishing
-                    and (victim is None or (r.priority, -r.run_started)
-                         > (victim.priority, -victim.run_started))):
-                victim = r
+            if (r.preempt or r.priority <= urgent.priority or r in self.finishing
+                    or not (r.preemptible or (not r.started and r.interrupt is not None))):
+                continue
+            key = (r.priority, not r.started, -r.cost, -r.run_started)
+            if best is None or key > best:
+                victim, best = r, key
         if victim is not None:
             victim.preempt = True
+            if not victim.started and victim.interrupt is not None:
+                victim.interrupt()
+
+    def _bump_queued(self, urgent: Entry) -> None:
+        """``urgent`` was admitted while the engine queues (more running than slots): the
+        less urgent requests still waiting there for their first token would be served
+        first by the engine's FIFO. Stop them (zero cost) and queue them again here."""
+        queued = len(self.running) - self.slots
+        if not self.preempt_enabled or not self.policy.priority_classes or queued <= 0:
+            return
+        # The engine's queue holds about the last `queued` admitted: newest first.
+        behind = sorted((r for r in self.running
+                         if r is not urgent and not r.started and not r.preempt
+                         and r.interrupt is not None and r.priority > urgent.priority),
+                        key=lambda r: -r.run_started)
+        for r in behind[:queued]:
+            r.preempt = True
+            assert r.interrupt is not None
+            r.interrupt()
 
     def _occupied(self) -> int:
         # Early hand-over only while the backend takes everything it is given.
@@ -245,15 +273,30 @@ class ResourceQueue:
         self._dispatch()
 
     def reprioritize(self, entries: Iterable[Entry], priority: int) -> None:
+        """New priority for ``entries``: a waiting one is re-queued (and may preempt); a
+        running one made less urgent is re-evaluated against those waiting, as an
+        arriving syscall would be."""
         now = self.clock()
+        demoted = False
         for entry in entries:
+            demoted = demoted or (entry.state is EntryState.RUNNING
+                                  and priority > entry.priority)
             entry.priority = priority
             parked = self._parked.get(entry.proc.pid, ())
             if entry.state is EntryState.WAITING and entry not in parked:
                 self.policy.remove(entry)
                 self.policy.push(entry, now)
                 self._preempt_for(entry)
+        if demoted:
+            self._preempt_for_waiting()
         self._dispatch()
+
+    def _preempt_for_waiting(self) -> None:
+        """Let the most urgent waiting entry preempt as if it had just arrived."""
+        peek = getattr(self.policy, "peek", None)
+        top = peek() if peek is not None else None
+        if top is not None:
+            self._preempt_for(top[1])
 
     @property
     def waiting(self) -> int:
