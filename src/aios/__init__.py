@@ -6,6 +6,8 @@ Plugin authors: see :mod:`aios.abc` (interfaces); test helpers live in :mod:`aio
 """
 
 from aios._core.kernel import Kernel
+from aios.access.approval import ApprovalDecision, ApprovalRequest
+from aios.access.capabilities import Capabilities, Quota
 from aios.config import KernelConfig, LLMConfig, SchedulerConfig
 from aios.context import Context, LLMStream
 from aios.errors import (
@@ -52,9 +54,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AIOSError",
+    "ApprovalDecision",
     "ApprovalDenied",
+    "ApprovalRequest",
     "BackendUnavailable",
     "BadResponse",
+    "Capabilities",
     "ChatResult",
     "ConfigError",
     "Context",
@@ -85,6 +90,7 @@ __all__ = [
     "ProcessInfo",
     "ProcessKilled",
     "ProcessState",
+    "Quota",
     "QuotaExceeded",
     "RateLimited",
     "SchedulerConfig",

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from aios.access.capabilities import GroupPolicy
 from aios.errors import ConfigError
 
 __all__ = [
@@ -231,10 +232,34 @@ class StorageConfig(_Strict):
 
 
 class AccessConfig(_Strict):
-    """``[access]``: capabilities, privilege groups, quotas, approval, audit."""
+    """``[access]``: capabilities, privilege groups, quotas, approval, audit.
 
+    Access control is switched on when anything here differs from the defaults (or a
+    process is spawned with ``caps=``/``quota=``); off, a kernel pays nothing for it and
+    agents are still kept apart by the memory and storage managers' own rule."""
+
+    enabled: bool | None = None
+    """Force the access manager on or off; None: on when configured (see above)."""
     default: Literal["allow", "deny"] = "allow"
-    """Tools and LLMs a process may use when neither its caps nor its group say."""
+    """Tools, LLMs, other syscall families, ``spawn`` and ``signal`` a process may use
+    when neither its caps nor its group say."""
+    groups: dict[str, GroupPolicy] = Field(default_factory=dict)
+    """Privilege groups, ``[access.groups.<name>]``: the capabilities of its processes
+    (``tools``, ``llms``, ``memory``, ``storage``, ``shared``, ``max_priority``,
+    ``spawn``, ``signal``), ``quota`` on the group and ``process_quota`` on each process.
+    With groups defined, ``spawn(group=...)`` must name one of them."""
+    audit: bool = False
+    """Write an audit log row for every syscall (and every refusal) to the state DB."""
+    audit_redact: bool = False
+    """Keep only the SHA-256 of a syscall's arguments in the audit log, not their text."""
+    audit_args_chars: int = Field(default=256, ge=0)
+    """How many characters of a syscall's arguments (as JSON) the audit log keeps."""
+
+    @property
+    def configured(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return self != AccessConfig()
 
 
 class KernelConfig(_Strict):

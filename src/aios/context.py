@@ -206,3 +206,9 @@ class Context:
     @property
     def priority(self) -> int:
         return self._proc.priority
+
+    @property
+    def access(self) -> Any:
+        """What this agent may do (:class:`aios.access.grants.ProcessAccess`: its
+        ``caps`` and ``quota``), or None when access control is off."""
+        return self._proc.access

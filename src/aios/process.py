@@ -19,6 +19,7 @@ from aios.scheduler.policy import Entry, EntryState
 
 if TYPE_CHECKING:
     from aios._core.kernel import Kernel
+    from aios.access.grants import ProcessAccess
     from aios.checkpoint.store import ContextSwitch
     from aios.config import KernelConfig
     from aios.scheduler.queue import ResourceQueue
@@ -70,6 +71,12 @@ class ProcessInfo(BaseModel):
     started_at: float
     ended_at: float | None
     error: str | None = None
+    awaiting_approval: str | None = None
+    """The tool whose call waits for a human's approval (state ``waiting``)."""
+    caps: dict[str, Any] | None = None
+    """Its effective capabilities (set fields only); None without access control."""
+    quota: dict[str, float] | None = None
+    """Its quota limits by name (use is in the counters above)."""
 
 
 class Process(Generic[T]):
@@ -99,6 +106,8 @@ class Process(Generic[T]):
         was restored (``kv``, ``text`` or ``recompute``)."""
         self.ctx: Any = None
         self.log: Any = None
+        self.access: ProcessAccess | None = None
+        """What it may do and its quota (None without access control)."""
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
         self._outcome: ProcessState | None = None
@@ -174,6 +183,7 @@ class Process(Generic[T]):
         process does nothing."""
         if self._outcome is not None:
             return
+        self._kernel._check_control(self, "kill")
         self._kill_requested = True
         if self._scope is not None:
             self._scope.cancel()
@@ -185,6 +195,7 @@ class Process(Generic[T]):
         yields at the next token boundary and waits, checkpointed.
         """
         self._check_alive("suspend")
+        self._kernel._check_control(self, "suspend")
         if self.suspended:
             return
         self.suspended = True
@@ -192,6 +203,7 @@ class Process(Generic[T]):
 
     def resume(self) -> None:
         self._check_alive("resume")
+        self._kernel._check_control(self, "resume")
         if not self.suspended:
             return
         self.suspended = False
@@ -202,6 +214,7 @@ class Process(Generic[T]):
         self._check_alive("set_priority")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ProcessError(f"priority must be an int, got {priority!r}")
+        self._kernel._check_control(self, "set_priority", priority)
         self.priority = priority
         self._kernel._on_priority(self)
 
@@ -214,6 +227,7 @@ class Process(Generic[T]):
                 now = now if now is not None else entry_clock(entry, self.entries)
                 wait_s += max(0.0, now - entry.enqueued_at)
         c = self.counters
+        access = self.access
         return ProcessInfo(
             pid=self.pid,
             name=self.name,
@@ -233,6 +247,9 @@ class Process(Generic[T]):
             started_at=self.started_at,
             ended_at=self.ended_at,
             error=None if self._exc is None else f"{type(self._exc).__name__}: {self._exc}",
+            awaiting_approval=access.awaiting if access is not None else None,
+            caps=access.caps.model_dump(exclude_none=True) if access is not None else None,
+            quota=access.quota.limits() if access is not None and access.quota else None,
         )
 
     def _check_alive(self, what: str) -> None:

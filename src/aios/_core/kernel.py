@@ -14,8 +14,9 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -35,9 +36,17 @@ from aios.scheduler.policy import SchedulingPolicy
 from aios.scheduler.queue import ResourceQueue
 from aios.state import StateDB
 
+if TYPE_CHECKING:
+    from aios.access.audit import AuditLog, AuditRecord
+    from aios.access.guard import AccessManager
+
 __all__ = ["Kernel"]
 
 T = TypeVar("T")
+
+_current: ContextVar[Process[Any] | None] = ContextVar("aios_current_process", default=None)
+"""The process whose task is running (None: the embedding app's code): spawn and
+process control check the caller's capabilities with it."""
 
 _NAME_MAX = 200
 
@@ -117,6 +126,11 @@ class Kernel:
         self._entered = False
         self.watchdog: Watchdog | None = None
         self._watchdog_scope: anyio.CancelScope | None = None
+        self.access: AccessManager | None = None
+        """The access manager, when access control is on (``config.access``, or the
+        first spawn with ``caps=``/``quota=``)."""
+        self._audit: AuditLog | None = None
+        self._audit_scope: anyio.CancelScope | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -145,8 +159,13 @@ class Kernel:
             raise
         if self.config.log_format != "off":
             self.add_instrument(LogInstrument(self._log))
+        if self.config.access.configured:
+            await self._start_access()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self._audit is not None:
+            self._audit_scope = anyio.CancelScope()
+            self._tg.start_soon(self._run_audit, self._audit, self._audit_scope)
         if self.config.block_warn_s > 0:
             self.watchdog = Watchdog(self.config.block_warn_s, self._log)
             self._watchdog_scope = anyio.CancelScope()
@@ -155,6 +174,29 @@ class Kernel:
         self._log.info("kernel.started", id=self.id, policy=self.config.scheduler.policy,
                        resources=sorted(self._queues))
         return self
+
+    async def _start_access(self) -> None:
+        from aios.access.audit import AuditLog
+        from aios.access.guard import AccessManager
+
+        cfg = self.config.access
+        if cfg.audit:
+            self._audit = AuditLog(self._db, cfg, self.id, self._log)
+            try:
+                await self._audit.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._close_handlers()
+                    await self._db.close()
+                raise
+            self.add_instrument(self._audit)
+        self.access = AccessManager(cfg, audit=self._audit)
+        self.add_guard(self.access.guard)
+
+    @staticmethod
+    async def _run_audit(audit: AuditLog, scope: anyio.CancelScope) -> None:
+        with scope:
+            await audit.run()
 
     @staticmethod
     async def _run_watchdog(watchdog: Watchdog, scope: anyio.CancelScope) -> None:
@@ -196,12 +238,16 @@ class Kernel:
                     proc.kill()
         if self._watchdog_scope is not None:
             self._watchdog_scope.cancel()
+        if self._audit_scope is not None:
+            self._audit_scope.cancel()
         try:
             with unwrap_group():
                 return await self._tg.__aexit__(et, e, tb)
         finally:
             self.door.closed = True
             with anyio.CancelScope(shield=True):
+                if self._audit is not None:
+                    await self._audit.flush()
                 await self._close_handlers()
                 await self._db.close()
             self._log.info("kernel.stopped", id=self.id)
@@ -234,6 +280,22 @@ class Kernel:
         """Tell ``instrument`` of every syscall's start and end (it must not raise)."""
         self.door.instruments.append(instrument)
 
+    async def audit(self, *, agent: str | None = None, denied: bool = False,
+                    since: float | None = None, kind: str | None = None,
+                    limit: int | None = None) -> list[AuditRecord]:
+        """Rows of the audit log in the state database (``access.audit = true``), oldest
+        first: of ``agent``, only refusals (``denied``), from ``since`` (Unix seconds), of
+        ``kind``, the last ``limit``. Rows of earlier runs on the same file are included."""
+        from aios.access.audit import query
+
+        if self._db._conn is None:
+            raise KernelClosedError("audit() on a kernel that is not running")
+        if self._audit is not None:
+            return await self._audit.query(agent=agent, denied=denied, since=since,
+                                           kind=kind, limit=limit)
+        return await query(self._db, agent=agent, denied=denied, since=since, kind=kind,
+                           limit=limit)
+
     def llm_resources(self) -> dict[str, Any]:
         """The LLM resources (``LLMResource``: backend, queue, capabilities) by name."""
         handler: Any = self._handlers.get("llm")
@@ -257,14 +319,21 @@ class Kernel:
         name: str | None = None,
         priority: int = 0,
         group: str | None = None,
+        caps: Any = None,
+        quota: Any = None,
     ) -> Process[T]:
         """Start ``agent(ctx, *args)`` as a new process and return its handle.
 
         ``name`` (default ``<function>-<pid>``) keys the agent's own memory and storage,
         so an agent spawned again under the same name finds them; ``group`` (default: the
-        name) shares group spaces; ``priority``: lower runs first. Raises
-        :class:`ProcessError` for a bad argument, :class:`KernelClosedError` outside
-        ``async with``."""
+        name, or the spawning agent's group) shares group spaces; ``priority``: lower
+        runs first. ``caps`` (:class:`aios.Capabilities`) and ``quota``
+        (:class:`aios.Quota`) replace the group's (``[access.groups.<group>]``); an agent
+        spawning is bounded by its own caps (it needs ``spawn``, stays in its group, and
+        its child can do no more than it). Raises :class:`ProcessError` for a bad
+        argument or an unknown group, :class:`ConfigError` for bad caps or quota,
+        :class:`PermissionDenied` for a spawn or a priority the caller may not make,
+        :class:`KernelClosedError` outside ``async with``."""
         if self._closed or self._tg is None:
             raise KernelClosedError("spawn() on a kernel that is not running (use `async with`)")
         if not _is_async_callable(agent):
@@ -273,9 +342,20 @@ class Kernel:
             raise ProcessError(f"priority must be an int, got {priority!r}")
         _check_name("name", name)
         _check_name("group", group)
+        parent = self._caller()
+        if self.access is None and (caps is not None or quota is not None):
+            from aios.access.guard import AccessManager
+
+            self.access = AccessManager(self.config.access)  # on from now on
+            self.add_guard(self.access.guard)
         pid = next(self._pids)
         pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
-        proc: Process[T] = Process(self, pid, pname, group or pname, priority)
+        default_group = parent.group if parent is not None else pname
+        proc: Process[T] = Process(self, pid, pname, group or default_group, priority)
+        if self.access is not None:
+            proc.access = self.access.attach(
+                proc, caps=caps, quota=quota, group_given=group is not None,
+                parent=parent.access if parent is not None else None)
         proc.log = self._log.bind(pid=pid, agent=pname)
         proc.ctx = Context(self.door, proc)
         self._procs[pid] = proc
@@ -289,6 +369,7 @@ class Kernel:
     ) -> None:
         log = proc.log
         outcome = ProcessState.KILLED
+        _current.set(proc)
         with anyio.CancelScope() as scope:
             proc._scope = scope
             if proc._kill_requested:
@@ -314,6 +395,19 @@ class Kernel:
 
     def ps(self) -> list[ProcessInfo]:
         return [p.info() for p in self._procs.values()]
+
+    def _caller(self) -> Process[Any] | None:
+        """The process of this kernel whose code is running (None: the app's code)."""
+        proc = _current.get()
+        return proc if proc is not None and proc._kernel is self else None
+
+    def _check_control(self, target: Process[Any], what: str,
+                       priority: int | None = None) -> None:
+        """Refuse process control the caller may not do (access control on)."""
+        if self.access is not None:
+            caller = self._caller()
+            self.access.check_control(caller.access if caller is not None else None,
+                                      target, what, priority)
 
     def _on_suspend(self, proc: Process[Any]) -> None:
         for queue in self._queues.values():

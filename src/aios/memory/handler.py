@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 
 from aios.abc import KernelServices, SyscallContext, SyscallHandler
+from aios.access import grants
 from aios.config import MemoryConfig
 from aios.errors import (
     ConfigError,
@@ -70,9 +71,9 @@ def own_namespace(sc: SyscallContext) -> str:
 
 
 def may_access(sc: SyscallContext, namespace: str, write: bool) -> bool:
-    """Whether the caller may read (or ``write``) ``namespace``: its own, and its group's.
-    The one access rule of the memory manager, for the access manager to replace."""
-    return namespace in (f"agent:{sc.name}", f"group:{sc.group}")
+    """Whether the caller may read (or ``write``) ``namespace``: its own, its group's
+    (as its group allows) and what its capabilities grant (:mod:`aios.access.grants`)."""
+    return grants.may_memory(sc, namespace, write)
 
 
 class MemoryHandler(SyscallHandler):

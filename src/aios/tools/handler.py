@@ -26,7 +26,10 @@ import anyio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from aios.abc import KernelServices, SyscallContext, SyscallHandler
+from aios.access.approval import ApprovalRequest, ask
+from aios.access.grants import access_of, tool_rule
 from aios.errors import (
+    ApprovalDenied,
     ConfigError,
     InvalidSyscall,
     ToolArgumentsInvalid,
@@ -37,7 +40,6 @@ from aios.errors import (
 )
 from aios.scheduler.queue import ResourceQueue
 from aios.syscalls.tools import ToolCall, ToolResult, ToolSpecs
-from aios.tools.approval import ApprovalRequest, ask
 from aios.tools.base import OPENAI_NAME, ToolProvider, ToolSpec, safe_tool_name
 from aios.tools.function import Tool, tool
 from aios.tools.schema import check_arguments
@@ -188,13 +190,18 @@ class ToolsHandler(SyscallHandler):
         if isinstance(syscall, ToolCall):
             return await self._call(sc, syscall)
         if isinstance(syscall, ToolSpecs):
-            return self._specs(syscall)
+            return self._specs(sc, syscall)
         raise InvalidSyscall(f"tools handler cannot serve {syscall.kind!r}", syscall=syscall)
 
-    def _specs(self, syscall: ToolSpecs) -> list[dict[str, Any]]:
-        if syscall.names is None:
+    def _specs(self, sc: SyscallContext, syscall: ToolSpecs) -> list[dict[str, Any]]:
+        """What this caller may call: tools its rules deny are left out (the door
+        refused explicitly named ones already)."""
+        if syscall.names is not None:
+            return [self._lookup(name, syscall).spec.openai() for name in syscall.names]
+        if access_of(sc) is None:
             return list(self._openai)
-        return [self._lookup(name, syscall).spec.openai() for name in syscall.names]
+        return [e.spec.openai() for name, e in self._entries.items()
+                if tool_rule(sc, name) != "deny"]
 
     def _lookup(self, name: str, syscall: Any) -> _Entry:
         entry = self._entries.get(name)
@@ -218,12 +225,8 @@ class ToolsHandler(SyscallHandler):
         except ToolArgumentsInvalid as exc:
             exc.syscall = call
             raise
-        if entry.spec.irreversible:
-            # The approval hook: access control may wrap this with its own policy.
-            request = ApprovalRequest(pid=sc.pid, agent=sc.name, group=sc.group,
-                                      tool=call.name, arguments=args, call_id=call.call_id)
-            await ask(self.services.options.get("approver"), request,
-                      timeout_s=self.config.approval_timeout_s, syscall=call)
+        if entry.spec.irreversible or tool_rule(sc, call.name) == "ask":
+            args = await self._approve(sc, entry, call, args)
         async with sc.admitted(entry.queue) as slot:
             t0 = time.perf_counter()
             try:
@@ -233,6 +236,36 @@ class ToolsHandler(SyscallHandler):
                 slot.service = dt
                 sc.account(tool_calls=1, tool_s=dt)
         return self._result(call, value, dt)
+
+    async def _approve(self, sc: SyscallContext, entry: _Entry, call: ToolCall,
+                       args: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the approver, holding no slot (the process shows as waiting on
+        approval and can be killed meanwhile); return the arguments to run with (the
+        approver may have edited them: validated again) or raise ApprovalDenied."""
+        reason = "irreversible" if entry.spec.irreversible else "marked 'ask' by a rule"
+        request = ApprovalRequest(pid=sc.pid, agent=sc.name, group=sc.group, tool=call.name,
+                                  arguments=args, reason=reason, call_id=call.call_id)
+        access = access_of(sc)
+        audit = access.manager.audit if access is not None and access.manager else None
+        if access is not None:
+            access.awaiting = call.name
+        try:
+            decision = await ask(self.services.options.get("approver"), request,
+                                 timeout_s=self.config.approval_timeout_s, syscall=call,
+                                 log=sc.log)
+        finally:
+            if access is not None:
+                access.awaiting = None
+        if audit is not None:
+            audit.note(sc.sid, f"approved by {decision.by or 'approver'}")
+        if decision.arguments is None:
+            return args
+        try:
+            return entry.validate(decision.arguments)
+        except ToolArgumentsInvalid as exc:
+            raise ApprovalDenied(f"tool {call.name!r}: the approver's edited arguments are "
+                                 f"invalid ({exc}); not run", syscall=call, tool=call.name,
+                                 reason="invalid edited arguments") from None
 
     async def _invoke(self, sc: SyscallContext, entry: _Entry, args: dict[str, Any],
                       call: ToolCall) -> Any:
