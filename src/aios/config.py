@@ -99,6 +99,15 @@ class LLMConfig(_Strict):
     """The kernel's admission window. Default: ``max_concurrency`` plus headroom, so the
     engine's batch stays full during hand-overs."""
     timeout_s: float = Field(default=60.0, gt=0)
+    """Per read of the connection (seconds): bounds one silent wait, not a generation."""
+    first_token_timeout_s: float = Field(default=60.0, gt=0)
+    """The first token of a generation (of each segment after a preemption) must come
+    within this (seconds) of admission, retries included, or ``LLMTimeout`` with
+    ``deadline="first_token"``. Time waiting in the kernel's queue does not count."""
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    """A generation must end within this (seconds admitted, summed over its segments),
+    or ``LLMTimeout`` with ``deadline="total"``: a server sending keep-alives forever
+    cannot hold a call."""
     max_retries: int = Field(default=4, ge=0)
     """How many times the kernel queues a syscall again after a 429 (the only retry
     layer for rate limits)."""

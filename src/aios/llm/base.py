@@ -15,6 +15,13 @@ of :class:`Chunk`. Everything else is optional, declared in :class:`Capabilities
 Rules for implementations: never block the event loop (run blocking inference in a worker
 thread); raise only :mod:`aios.errors` exceptions (``LLMError`` subclasses) for failures;
 put the counts in the final chunk's ``usage``. Provider SDKs stay inside the backend.
+
+Token counts: ``Chunk.n_tokens`` counts as the tokens arrive (the engine's own count, the
+backend's tokenizer, or a documented estimate); the final chunk's ``usage`` then gives the
+segment's exact ``completion_tokens`` when the engine reports one, and the kernel takes it
+over its running count. Deadlines: ``GenerationRequest.first_token_deadline`` and
+``deadline`` are absolute times on anyio's clock (``anyio.current_time()``); a backend
+whose waits can hang (a network server) raises :class:`aios.LLMTimeout` when one passes.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ __all__ = [
     "GenerationRequest",
     "LLMBackend",
     "Resume",
+    "SupportsHeldText",
     "SupportsKVSnapshot",
+    "constrained",
 ]
 
 
@@ -63,6 +72,13 @@ class Resume:
     token_ids: tuple[int, ...] = ()
     kv: bytes | None = None
     completion_tokens: int = 0
+    held: str = ""
+    """Text generated after ``text`` (counted in ``completion_tokens``) that the backend
+    held back because it may begin a stop string. A backend applying stop strings itself
+    primes its matcher with it (:class:`aios.llm.stops.StopMatcher`), so a stop string
+    spanning the switch still stops and nothing is lost or repeated."""
+    reasoning: str = ""
+    """Reasoning text (``reasoning_content``) produced so far."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,11 @@ class GenerationRequest:
     request_id: str
     priority: int = 0
     resume: Resume | None = None
+    first_token_deadline: float | None = None
+    """The first chunk must come by then (``anyio.current_time()`` clock), or
+    :class:`aios.LLMTimeout` with ``deadline="first_token"``."""
+    deadline: float | None = None
+    """The whole segment must end by then, or ``LLMTimeout(deadline="total")``."""
 
 
 @dataclass(slots=True)
@@ -80,10 +101,13 @@ class Chunk:
     """A piece of a generation. The last chunk has ``finish_reason`` set.
 
     ``text`` is the new text (delta), ``token_ids`` the tokens it came from (empty when
-    the backend cannot tell). ``n_tokens`` counts the completion tokens in this chunk.
+    the backend cannot tell). ``n_tokens`` counts the completion tokens in this chunk
+    (text and reasoning). ``reasoning`` is new reasoning text (``reasoning_content``),
+    kept apart from the answer.
     """
 
     text: str = ""
+    reasoning: str = ""
     token_ids: tuple[int, ...] = ()
     n_tokens: int = 0
     finish_reason: str | None = None
@@ -91,6 +115,26 @@ class Chunk:
     usage: Usage | None = None
     model: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SupportsHeldText(Protocol):
+    """Implemented by the iterator of a backend that holds back text (stop strings)."""
+
+    def held_text(self) -> str:
+        """The text generated but not yet yielded (a possible stop-string start)."""
+        ...
+
+
+def constrained(call: LLMChat) -> bool:
+    """Whether ``call``'s decoding is constrained (JSON mode, a JSON schema, a forced tool
+    call): a server continuing such a generation from text would restart the constraint
+    (``{"{"answer"...``), so only an exact (KV) resume may preempt it."""
+    fmt = call.response_format
+    if fmt is not None and fmt.get("type", "text") != "text":
+        return True
+    choice = call.tool_choice
+    return bool(call.tools) and (choice == "required" or isinstance(choice, dict))
 
 
 @runtime_checkable
@@ -132,9 +176,9 @@ class LLMBackend(ABC):
 
     def preemptible(self, call: LLMChat) -> bool:
         """Whether this call may be preempted (its generation resumed exactly). Default:
-        True; a backend returns False for calls it cannot resume exactly (e.g. decoding
-        constrained by a grammar whose state a text continuation would lose)."""
-        return True
+        True, except for constrained decoding (:func:`constrained`) on a backend without
+        ``kv_snapshot``: a text continuation would lose the grammar's state."""
+        return self.capabilities.kv_snapshot or not constrained(call)
 
     def stats(self) -> dict[str, Any]:
         """Backend counters for ``aios bench`` and ``aios ps``. Default: none."""

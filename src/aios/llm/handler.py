@@ -18,6 +18,7 @@ window narrows (AIMD) and the syscall is queued again after the server's ``Retry
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -35,6 +36,7 @@ from aios.errors import (
     ConfigError,
     InvalidSyscall,
     LLMError,
+    LLMTimeout,
     RateLimited,
     SyscallError,
 )
@@ -44,6 +46,7 @@ from aios.llm.base import (
     GenerationRequest,
     LLMBackend,
     Resume,
+    SupportsHeldText,
     SupportsKVSnapshot,
 )
 from aios.scheduler.policy import Entry
@@ -150,10 +153,18 @@ class LLMHandler(SyscallHandler):
                                  f"{', '.join(sorted(self.resources))})", syscall=call)
         return res
 
+    def _check(self, call: LLMChat) -> LLMResource:
+        """The door's capability check: what no backend can return (several choices,
+        logprobs: ChatResult holds one choice and no logprobs) and what the backend says
+        it cannot do are refused before anything is queued, never forwarded and dropped."""
+        res = self.resource_of(call)
+        _check_supported(call)
+        res.backend.check(call)
+        return res
+
     async def call(self, sc: SyscallContext, syscall: Any) -> ChatResult:
         result: ChatResult | None = None
-        res = self.resource_of(syscall)
-        res.backend.check(syscall)
+        res = self._check(syscall)
         async with aclosing(_Generation(self, res, sc, syscall).run()) as events:
             async for item in events:
                 if isinstance(item, ChatResult):
@@ -162,8 +173,7 @@ class LLMHandler(SyscallHandler):
         return result
 
     def stream(self, sc: SyscallContext, syscall: Any) -> AsyncIterator[str | ChatResult]:
-        res = self.resource_of(syscall)
-        res.backend.check(syscall)
+        res = self._check(syscall)
         return _Generation(self, res, sc, syscall).run()
 
 
@@ -179,6 +189,7 @@ class _Generation:
         self.ckpt = _Checkpointer(handler.ckpt, res, sc, call)
         self.preemptible = res.preemptible and res.backend.preemptible(call)
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
         self.token_ids: list[int] = []
         self.n_out = 0
         self.emitted = 0          # characters already handed to the caller
@@ -191,6 +202,8 @@ class _Generation:
         self.final: Chunk | None = None
         self.kv: bytes | None = None
         self.must_save = False    # preempted: the checkpoint is still to be written
+        self.held = ""            # text the backend held back at the last preemption
+        self.service_s = 0.0      # seconds admitted so far (the deadlines' clock)
 
     async def run(self) -> AsyncGenerator[str | ChatResult, None]:
         """The admission loop. Each turn: wait for a slot, (re)start the generation from
@@ -213,6 +226,10 @@ class _Generation:
                     if rejected is not None:
                         await self._backoff(rejected)
         finally:
+            # Every token generated is accounted, also for a stream left early or a
+            # killed agent (service was charged as it accrued).
+            self.sc.account(tokens_in=self._prompt_tokens(), tokens_out=self.n_out,
+                            llm_calls=1)
             await self.ckpt.discard()
         yield self._result()
 
@@ -235,19 +252,20 @@ class _Generation:
 
     async def _save_checkpoint(self) -> None:
         self.pending = await self.ckpt.save(self.pending, self.parts, self.token_ids,
-                                            self.n_out, self.kv)
+                                            self.n_out, self.kv, self.held, self.reasoning)
         self.kv = None
         self.must_save = False
 
     async def _segment(self, entry: Entry, slot: Slot) -> AsyncIterator[str]:
         """Generate while admitted: until the end, a preemption or an error. The slot's
         service is charged with the tokens of this segment (and the prefill)."""
-        sc, call, queue = self.sc, self.call, self.res.queue
+        sc, call, queue, cfg = self.sc, self.call, self.res.queue, self.res.config
         clock = queue.clock
         t0 = clock()
         seg_out = 0
         if self.pending is not None:
-            self.resume = await self.ckpt.restore(self.pending, self.parts, self.token_ids)
+            self.resume = await self.ckpt.restore(self.pending, self.parts, self.token_ids,
+                                                  self.reasoning)
             if self.resume is None:
                 # The checkpoint was lost: recompute, and never preempt this syscall
                 # again, so a failing store cannot starve it forever.
@@ -256,24 +274,35 @@ class _Generation:
             self.produced = len(self.resume.text) if self.resume else 0
             self.pending, self.awaiting_first = None, True
         sc.log.debug("syscall.dispatched", syscall=sc.sid, resumed=self.n_out)
+        # Deadlines count the time admitted (the backend's), not the time this syscall
+        # waits in the kernel's own queue (the scheduler's choice, bounded by quotas).
+        left_s = cfg.total_timeout_s - self.service_s
+        first_by, total_by = t0 + cfg.first_token_timeout_s, t0 + left_s
+        now_a = anyio.current_time()
         stream = self.res.backend.generate(GenerationRequest(
-            call=call, request_id=sc.sid, priority=entry.priority, resume=self.resume))
+            call=call, request_id=sc.sid, priority=entry.priority, resume=self.resume,
+            first_token_deadline=now_a + cfg.first_token_timeout_s, deadline=now_a + left_s))
         try:
-            async for chunk in _backend_errors(stream, self.res, call):
+            chunks = stream.__aiter__()
+            while (chunk := await _next_chunk(chunks, self.res, call)) is not None:
+                now = clock()
                 if self.awaiting_first:
                     self.awaiting_first = False
-                    self.ckpt.restored(clock() - t0)
+                    self.ckpt.restored(now - t0)
+                if now > total_by or (not seg_out and now > first_by):
+                    raise self._timeout(first=now <= total_by)
                 seg_out += chunk.n_tokens
                 self._take(chunk)
                 text = self._fresh(chunk.text)
                 if text:
                     yield text
                 if chunk.finish_reason is not None:
+                    seg_out += self._reconcile(chunk, seg_out)
                     self.final = chunk
                     return
                 if call.max_tokens is not None and self.n_out + 1 >= call.max_tokens:
                     queue.finishing_soon(entry)
-                if self.preemptible and queue.should_yield(entry, clock()) and (
+                if self.preemptible and queue.should_yield(entry, now) and (
                         call.max_tokens is None or self.n_out + 1 < call.max_tokens):
                     # one token from the end, finishing beats switching
                     self.pending = await self._preempt(stream)
@@ -284,13 +313,43 @@ class _Generation:
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
-                with anyio.CancelScope(shield=True):
+                if sys.exc_info()[0] is None:  # (a shielded scope per call costs ~5 us)
                     await aclose()
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
             slot.service = float(seg_out) + self._prefill()
             sc.charge(slot.service - seg_out)
-            sc.account(service_s=clock() - t0)
+            elapsed = clock() - t0
+            self.service_s += elapsed
+            sc.account(service_s=elapsed)
+
+    def _timeout(self, *, first: bool) -> LLMTimeout:
+        cfg = self.res.config
+        if first:
+            return LLMTimeout(
+                f"llm:{self.res.name}: no token within first_token_timeout_s="
+                f"{cfg.first_token_timeout_s:g} s", syscall=self.call, deadline="first_token")
+        return LLMTimeout(
+            f"llm:{self.res.name}: the generation passed total_timeout_s="
+            f"{cfg.total_timeout_s:g} s ({self.n_out} tokens so far)", syscall=self.call,
+            deadline="total")
+
+    def _reconcile(self, final: Chunk, seg_out: int) -> int:
+        """The engine's count for the segment replaces the running one (an estimate, or
+        chunks of several tokens counted short); returns the correction."""
+        usage = final.usage
+        if usage is None or (not usage.completion_tokens and seg_out):
+            return 0
+        delta = self.resumed_tokens + usage.completion_tokens - self.n_out
+        if delta:
+            self.n_out += delta
+            self.sc.charge(delta)
+        return delta
 
     def _take(self, chunk: Chunk) -> None:
+        if chunk.reasoning:
+            self.reasoning.append(chunk.reasoning)
         if chunk.text:
             self.parts.append(chunk.text)
         if chunk.token_ids:
@@ -312,10 +371,19 @@ class _Generation:
         usage = self.final.usage if self.final is not None else None
         return float(usage.prompt_tokens - usage.cached_tokens) if usage is not None else 0.0
 
+    def _prompt_tokens(self) -> int:
+        usage = self.final.usage if self.final is not None else None
+        # A resumed segment's prompt includes the output it continues (vLLM's accounting,
+        # the backend contract): report the original prompt.
+        return max(0, usage.prompt_tokens - self.resumed_tokens) if usage is not None else 0
+
     async def _preempt(self, stream: AsyncIterator[Chunk]) -> ContextSwitch:
         """Asked to yield at a token boundary: snapshot the KV if the backend can."""
         clock = self.res.queue.clock
         t_save = clock()
+        # Text the backend holds back (a possible stop-string start) is output too: it
+        # goes into the checkpoint, and primes the resumed stream's matcher.
+        self.held = stream.held_text() if isinstance(stream, SupportsHeldText) else ""
         if (self.res.caps.kv_snapshot and self.ckpt.kv_enabled
                 and isinstance(stream, SupportsKVSnapshot)):
             try:
@@ -357,13 +425,11 @@ class _Generation:
         final = self.final
         assert final is not None
         usage = final.usage or Usage()
-        # A resumed segment's prompt includes the output it continues (vLLM's accounting,
-        # the backend contract): report the original prompt.
-        prompt_tokens = max(0, usage.prompt_tokens - self.resumed_tokens)
-        self.sc.account(tokens_in=prompt_tokens, tokens_out=self.n_out, llm_calls=1)
+        prompt_tokens = self._prompt_tokens()
         self.sc.log.debug("syscall.done", syscall=self.sc.sid, tokens_out=self.n_out)
         return ChatResult(
             text="".join(self.parts),
+            reasoning="".join(self.reasoning),
             tool_calls=list(final.tool_calls or ()),
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=self.n_out,
                         cached_tokens=usage.cached_tokens),
@@ -373,13 +439,16 @@ class _Generation:
         )
 
 
-async def _backend_errors(
-    stream: AsyncIterator[Chunk], res: LLMResource, call: LLMChat
-) -> AsyncIterator[Chunk]:
-    """The backend's chunks; whatever it raises becomes an ``LLMError`` naming it."""
+async def _next_chunk(
+    chunks: AsyncIterator[Chunk], res: LLMResource, call: LLMChat
+) -> Chunk | None:
+    """The backend's next chunk (None at the end); whatever the backend raises becomes an
+    ``LLMError`` naming it. (Not a wrapping async generator: one left suspended would be
+    finalized by the garbage collector, and each costs a loop hook per call.)"""
     try:
-        async for chunk in stream:
-            yield chunk
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
     except AIOSError as exc:
         if isinstance(exc, SyscallError) and exc.syscall is None:
             exc.syscall = call
@@ -406,16 +475,23 @@ class _Checkpointer:
         return self.store.kv_cap_bytes > 0
 
     async def save(self, switch: ContextSwitch | None, parts: list[str],
-                   token_ids: list[int], n_out: int, kv: bytes | None) -> ContextSwitch:
-        """Write the checkpoint of a preempted generation (its slot is already free)."""
+                   token_ids: list[int], n_out: int, kv: bytes | None, held: str = "",
+                   reasoning: list[str] | None = None) -> ContextSwitch:
+        """Write the checkpoint of a preempted generation (its slot is already free).
+        Its text is everything generated: the emitted parts, then the ``held`` tail (its
+        length in ``sampling["held_chars"]``); reasoning in ``sampling["reasoning"]``."""
         assert switch is not None
         sc = self.sc
         t = time.monotonic()
+        sampling: dict[str, Any] = {"temperature": self.call.temperature,
+                                    "top_p": self.call.top_p, "seed": self.call.seed}
+        if held:
+            sampling["held_chars"] = len(held)
+        if reasoning:
+            sampling["reasoning"] = "".join(reasoning)
         ckpt = Checkpoint(
-            pid=sc.pid, syscall_id=sc.sid, request=self.call, text="".join(parts),
-            token_ids=list(token_ids), completion_tokens=n_out,
-            sampling={"temperature": self.call.temperature, "top_p": self.call.top_p,
-                      "seed": self.call.seed},
+            pid=sc.pid, syscall_id=sc.sid, request=self.call, text="".join(parts) + held,
+            token_ids=list(token_ids), completion_tokens=n_out, sampling=sampling,
             backend=self.res.config.backend, model=self.res.config.model,
             created_at=time.time(),
         )
@@ -430,7 +506,7 @@ class _Checkpointer:
         return switch
 
     async def restore(self, switch: ContextSwitch, parts: list[str],
-                      token_ids: list[int]) -> Resume | None:
+                      token_ids: list[int], reasoning: list[str]) -> Resume | None:
         """Load the checkpoint; rebuild ``parts``/``token_ids`` from it. A lost or corrupt
         checkpoint means recomputing (``None``); a lost or corrupt KV snapshot means
         continuing from the checkpoint's text."""
@@ -446,12 +522,18 @@ class _Checkpointer:
             "restored": mode, "restore_bytes": restored.nbytes}))
         parts.clear()
         token_ids.clear()
+        reasoning.clear()
         if mode == "recompute" or ckpt is None:
             return None
-        parts.append(ckpt.text)
+        n_held = int(ckpt.sampling.get("held_chars", 0))
+        text = ckpt.text[:len(ckpt.text) - n_held]
+        thought = str(ckpt.sampling.get("reasoning", ""))
+        parts.append(text)
+        if thought:
+            reasoning.append(thought)
         token_ids.extend(ckpt.token_ids)
-        return Resume(ckpt.text, tuple(ckpt.token_ids), restored.kv if mode == "kv" else None,
-                      ckpt.completion_tokens)
+        return Resume(text, tuple(ckpt.token_ids), restored.kv if mode == "kv" else None,
+                      ckpt.completion_tokens, held=ckpt.text[len(text):], reasoning=thought)
 
     def restored(self, elapsed: float) -> None:
         """The first token after a resume arrived: record the restore time (from
@@ -464,3 +546,37 @@ class _Checkpointer:
         if self.saved:
             with anyio.CancelScope(shield=True):
                 await self.store.delete(self.sc.sid)
+
+
+_CHOICES = ("none", "auto", "required")
+
+
+def _check_supported(call: LLMChat) -> None:
+    """Refuse, naming the field, what no backend can return through :class:`ChatResult`
+    (several choices, logprobs) and a ``tool_choice`` that cannot be honoured."""
+    extra = call.extra
+    for key in ("n", "best_of"):
+        if extra.get(key, 1) != 1:
+            raise InvalidSyscall(
+                f"extra_body.{key}: {extra[key]!r} choices are not supported (a ChatResult "
+                "holds one choice: make several calls instead)", syscall=call)
+    for key in ("logprobs", "top_logprobs"):
+        if extra.get(key):
+            raise InvalidSyscall(f"extra_body.{key}: logprobs are not supported (a "
+                                 "ChatResult carries none)", syscall=call)
+    choice = call.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return
+    if isinstance(choice, str) and choice not in _CHOICES:
+        raise InvalidSyscall(f"tool_choice: {choice!r} is not one of {', '.join(_CHOICES)} "
+                             "or a named function", syscall=call)
+    if not call.tools:
+        raise InvalidSyscall(f"tool_choice: {choice!r} given without tools", syscall=call)
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        names = [t["function"].get("name") for t in call.tools
+                 if isinstance(t.get("function"), dict)]
+        if name not in names:
+            raise InvalidSyscall(f"tool_choice.function.name: {name!r} is not among the tools "
+                                 f"({', '.join(map(str, names))})", syscall=call)

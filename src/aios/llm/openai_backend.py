@@ -3,11 +3,21 @@
 It serves vLLM, SGLang, Ollama, the llama.cpp server, OpenAI itself and ``aios sim-serve``
 through the official ``openai`` SDK. It always streams, so the kernel can stop a generation
 between two tokens; it passes every sampling parameter of :class:`aios.syscalls.LLMChat`
-through unchanged, forwards the kernel's priority to engines that understand it, continues a
+through unchanged (``n``/``logprobs`` are refused at the door: one choice, no logprobs
+come back), forwards the kernel's priority to engines that understand it, continues a
 preempted assistant message on servers that support ``continue_final_message``, and retries
 transient failures (5xx, connection errors, timeouts) itself with capped exponential
 backoff and full jitter. A 429 is reported at once as ``RateLimited``: the kernel is the
 only layer that retries rate limits, so its window narrows at the first one.
+
+Token counts: the server's ``usage`` when it sends one (per chunk with vLLM's
+``stream_options={"include_usage": true, "continuous_usage_stats": true}``, else at the
+end, which the kernel takes over its running count); otherwise an estimate of one token
+per whitespace-separated word of each delta (at least one per non-empty delta: exact for
+word-level engines such as ``aios sim-serve``, about 25% low for BPE English). Reasoning
+(``reasoning_content``/``reasoning`` deltas) is kept apart from the answer and counted.
+Options (``LLMConfig.options``) are validated: see :class:`OpenAIOptions`; a server that
+rejects ``stream_options`` is reached with ``options={"stream_options": False}``.
 
 What it must never do: retry once a token has been handed to the kernel (that would
 duplicate output silently), let an SDK or ``httpx`` exception escape (every failure leaves
@@ -31,13 +41,15 @@ import anyio
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aios.config import LLMConfig
+from aios.config import LLMConfig, config_error
 from aios.errors import (
     BackendUnavailable,
     BadResponse,
     ContextWindowExceeded,
     LLMError,
+    LLMTimeout,
     ModelNotFound,
     RateLimited,
 )
@@ -45,7 +57,7 @@ from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
 from aios.llm.wire import error_class_from_wire
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
-__all__ = ["OpenAIBackend"]
+__all__ = ["OpenAIBackend", "OpenAIOptions"]
 
 
 _DEFAULT_BACKOFF_BASE_S = 0.25
@@ -61,6 +73,39 @@ _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window|size)|maximum context|prompt is too long|too many tokens",
     re.IGNORECASE,
 )
+
+
+class OpenAIOptions(BaseModel):
+    """``LLMConfig.options`` of an ``openai`` resource; an unknown key is a ConfigError
+    naming it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backoff_base_s: float = Field(default=_DEFAULT_BACKOFF_BASE_S, ge=0)
+    """First retry delay ceiling (seconds) for 5xx and connection errors (full jitter)."""
+    backoff_cap_s: float = Field(default=_DEFAULT_BACKOFF_CAP_S, ge=0)
+    retry_after_cap_s: float | None = Field(default=None, ge=0)
+    """Longest ``Retry-After`` obeyed on a 5xx retry; default max(30, backoff_cap_s)."""
+    seed: int | None = None
+    """Seed of the retry jitter (reproducible benchmarks and tests)."""
+    stream_options: bool | dict[str, Any] = True
+    """True: ask for usage (``{"include_usage": true}``); a dict: sent as given (vLLM's
+    ``continuous_usage_stats`` gives exact counts per chunk); False: not sent, for
+    servers and proxies that reject the field (counts are then estimated)."""
+
+
+def _options(config: LLMConfig) -> OpenAIOptions:
+    try:
+        return OpenAIOptions.model_validate(dict(config.options))
+    except ValidationError as exc:
+        raise config_error(exc, prefix="options", where=f"openai backend {config.name!r}",
+                           unknown="unknown option") from None
+
+
+def _estimate_tokens(text: str) -> int:
+    """The documented estimate when the server reports no count: one token per
+    whitespace-separated word, at least one for a non-empty delta."""
+    return max(1, len(text.split())) if text else 0
 
 
 @dataclass(slots=True)
@@ -88,18 +133,36 @@ class _StreamState:
     usage: Usage | None = None
     model: str = ""
     deltas: int = 0
-    tool_calls: dict[int, _ToolCallParts] = field(default_factory=dict)
+    counted: int = 0
+    """Completion tokens so far: the server's running count, or the estimate."""
+    calls: list[_ToolCallParts] = field(default_factory=list)
+    by_index: dict[int, int] = field(default_factory=dict)
+
+    def tool_call(self, index: int | None, call_id: str) -> _ToolCallParts:
+        """The call a tool-call delta belongs to. By ``index`` when the server sends one;
+        without (each delta a whole call, as some servers stream them) a new ``id``
+        starts a new call and a delta without id continues the last one. A new id at an
+        index already holding another id is a new call too."""
+        calls = self.calls
+        if index is None:
+            last = calls[-1] if calls else None
+            if last is not None and not (call_id and last.id and last.id != call_id):
+                return last
+        else:
+            pos = self.by_index.get(index)
+            if pos is not None and not (call_id and calls[pos].id and calls[pos].id != call_id):
+                return calls[pos]
+            self.by_index[index] = len(calls)
+        calls.append(_ToolCallParts())
+        return calls[-1]
 
     def final_tool_calls(self) -> list[ToolCallRequest] | None:
-        if not self.tool_calls:
+        if not self.calls:
             return None
         return [
-            ToolCallRequest(
-                id=parts.id or f"call_{index}",
-                name=parts.name,
-                arguments="".join(parts.arguments),
-            )
-            for index, parts in sorted(self.tool_calls.items())
+            ToolCallRequest(id=parts.id or f"call_{i}", name=parts.name,
+                            arguments="".join(parts.arguments))
+            for i, parts in enumerate(self.calls)
         ]
 
 
@@ -122,15 +185,15 @@ class OpenAIBackend(LLMBackend):
             kv_snapshot=False,
             engine_queue=True,
         )
-        options = config.options
-        self._backoff_base_s = float(options.get("backoff_base_s", _DEFAULT_BACKOFF_BASE_S))
-        self._backoff_cap_s = float(options.get("backoff_cap_s", _DEFAULT_BACKOFF_CAP_S))
-        self._retry_after_cap_s = float(
-            options.get("retry_after_cap_s", max(_DEFAULT_RETRY_AFTER_CAP_S, self._backoff_cap_s))
-        )
+        options = self.options = _options(config)
+        self._backoff_base_s = options.backoff_base_s
+        self._backoff_cap_s = options.backoff_cap_s
+        self._retry_after_cap_s = (options.retry_after_cap_s
+                                   if options.retry_after_cap_s is not None
+                                   else max(_DEFAULT_RETRY_AFTER_CAP_S, self._backoff_cap_s))
         # A seed makes the jitter reproducible (benchmarks, tests); otherwise unseeded so
         # many kernels retrying against one server do not retry in lockstep.
-        seed = options.get("seed")
+        seed = options.seed
         self._rng = random.Random(seed) if seed is not None else random.Random()
         self._client: AsyncOpenAI | None = None
         self._model: str = config.model
@@ -203,14 +266,27 @@ class OpenAIBackend(LLMBackend):
         while True:
             state = _StreamState()
             try:
-                stream: AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
-                    stream=True, **kwargs
-                )
+                when, which = _deadline(request, delivered)
+                with anyio.CancelScope(deadline=when) as scope:
+                    stream: AsyncStream[ChatCompletionChunk] = (
+                        await client.chat.completions.create(stream=True, **kwargs))
+                if scope.cancelled_caught:
+                    raise self._timeout(call, which)
                 async with stream:
-                    async for raw in stream:
-                        for text in self._absorb(raw, state, call):
+                    chunks = stream.__aiter__()
+                    while True:
+                        # Each wait is bounded by the call's deadlines, not only per read:
+                        # keep-alive comments or a silent server cannot hold the call.
+                        when, which = _deadline(request, delivered)
+                        with anyio.CancelScope(deadline=when) as scope:
+                            raw = await anext(chunks, None)
+                        if scope.cancelled_caught:
+                            raise self._timeout(call, which)
+                        if raw is None:
+                            break
+                        for chunk in self._absorb(raw, state, call):
                             delivered += 1
-                            yield Chunk(text=text, n_tokens=1)
+                            yield chunk
                 if state.finish_reason is None:
                     raise BadResponse(
                         f"the server at {self._where} ended the stream without a "
@@ -225,6 +301,10 @@ class OpenAIBackend(LLMBackend):
                 failure = await self._classify(exc, call, client)
                 if failure.retryable and delivered == 0 and attempt < self.config.max_retries:
                     delay = self._delay(attempt, failure.retry_after)
+                    when, which = _deadline(request, delivered)
+                    if anyio.current_time() + delay > when:
+                        raise self._timeout(call, which, f" (last error: {_describe(exc)})"
+                                            ) from exc
                     attempt += 1
                     self._retries += 1
                     self.log.info(
@@ -259,7 +339,7 @@ class OpenAIBackend(LLMBackend):
                     )
                 raise error from exc
 
-        usage = state.usage or Usage(completion_tokens=state.deltas)
+        usage = state.usage or Usage(completion_tokens=state.counted)
         self._prompt_tokens += usage.prompt_tokens
         self._completion_tokens += usage.completion_tokens
         self._cached_tokens += usage.cached_tokens
@@ -281,16 +361,21 @@ class OpenAIBackend(LLMBackend):
         elif mode == "higher_first":
             # Kernel priorities run lower values first; SGLang runs higher values first.
             extra_body["priority"] = -request.priority
-        if request.resume is not None:
+        resume = request.resume
+        if resume is not None:
             # vLLM's continuation: the last assistant message is extended, not answered.
-            messages.append({"role": "assistant", "content": request.resume.text})
+            partial: dict[str, Any] = {"role": "assistant", "content": resume.text + resume.held}
+            if resume.reasoning:
+                partial["reasoning_content"] = resume.reasoning
+            messages.append(partial)
             extra_body["continue_final_message"] = True
             extra_body["add_generation_prompt"] = False
-        kwargs: dict[str, Any] = {
-            "model": self._model or "default",
-            "messages": messages,
-            "stream_options": {"include_usage": True},
-        }
+        kwargs: dict[str, Any] = {"model": self._model or "default", "messages": messages}
+        stream_options = self.options.stream_options
+        if stream_options is True:
+            kwargs["stream_options"] = {"include_usage": True}
+        elif stream_options:
+            kwargs["stream_options"] = stream_options
         optional: dict[str, Any] = {
             "max_tokens": max_tokens,
             "temperature": call.temperature,
@@ -306,48 +391,77 @@ class OpenAIBackend(LLMBackend):
             kwargs["extra_body"] = extra_body
         return kwargs
 
-    def _absorb(self, raw: ChatCompletionChunk, state: _StreamState, call: LLMChat) -> list[str]:
-        """Fold one streamed chunk into ``state``; return its content deltas, in order.
+    def _absorb(self, raw: ChatCompletionChunk, state: _StreamState, call: LLMChat
+                ) -> list[Chunk]:
+        """Fold one streamed chunk into ``state``; return its text/reasoning as chunks.
 
         The SDK builds chunks without validation, so a server that sends the wrong shape
         shows up here as attribute or type errors: those are a BadResponse.
         """
         try:
-            texts: list[str] = []
+            out: list[Chunk] = []
             if raw.model:
                 state.model = str(raw.model)
+            before = state.counted
+            for choice in raw.choices or ():
+                if choice.index not in (0, None):
+                    continue  # n > 1 is refused at the door: ignore stray choices
+                delta = choice.delta
+                if delta is not None:
+                    text = str(delta.content) if delta.content else ""
+                    thought = (getattr(delta, "reasoning_content", None)
+                               or getattr(delta, "reasoning", None))
+                    thought = str(thought) if thought else ""
+                    if text or thought:
+                        n = _estimate_tokens(text) + _estimate_tokens(thought)
+                        state.counted += n
+                        state.deltas += 1
+                        out.append(Chunk(text=text, reasoning=thought, n_tokens=n))
+                    for tc in delta.tool_calls or ():
+                        self._absorb_tool_call(tc, state)
+                if choice.finish_reason:
+                    state.finish_reason = str(choice.finish_reason)
             if raw.usage is not None:
                 details = raw.usage.prompt_tokens_details
                 cached = details.cached_tokens if details is not None else None
-                state.usage = Usage(
+                state.usage = usage = Usage(
                     prompt_tokens=int(raw.usage.prompt_tokens or 0),
                     completion_tokens=int(raw.usage.completion_tokens or 0),
                     cached_tokens=int(cached or 0),
                 )
-            for choice in raw.choices or ():
-                if choice.index not in (0, None):
-                    continue  # n > 1 is not part of LLMChat: ignore stray choices
-                delta = choice.delta
-                if delta is not None:
-                    if delta.content:
-                        texts.append(str(delta.content))
-                        state.deltas += 1
-                    for tc in delta.tool_calls or ():
-                        parts = state.tool_calls.setdefault(int(tc.index or 0), _ToolCallParts())
-                        if tc.id:
-                            parts.id = str(tc.id)
-                        if tc.function is not None:
-                            if tc.function.name:
-                                parts.name += str(tc.function.name)
-                            if tc.function.arguments:
-                                parts.arguments.append(str(tc.function.arguments))
-                if choice.finish_reason:
-                    state.finish_reason = str(choice.finish_reason)
-            return texts
+                if out and usage.completion_tokens:
+                    # Usage on a content chunk: the server's running count (vLLM's
+                    # continuous_usage_stats) replaces the estimate.
+                    others = sum(c.n_tokens for c in out[:-1])
+                    out[-1].n_tokens = max(0, usage.completion_tokens - before - others)
+                    state.counted = before + others + out[-1].n_tokens
+            return out
         except (AttributeError, TypeError, ValueError) as exc:
             raise BadResponse(
                 f"the server at {self._where} sent a malformed stream chunk: {exc}", syscall=call
             ) from exc
+
+    @staticmethod
+    def _absorb_tool_call(tc: Any, state: _StreamState) -> None:
+        index = tc.index if isinstance(tc.index, int) else None
+        parts = state.tool_call(index, str(tc.id) if tc.id else "")
+        if tc.id:
+            parts.id = str(tc.id)
+        fn = tc.function
+        if fn is not None:
+            # A name repeated whole on later deltas (some servers) is not appended.
+            if fn.name and fn.name != parts.name:
+                parts.name += str(fn.name)
+            if fn.arguments:
+                parts.arguments.append(str(fn.arguments))
+                state.counted += _estimate_tokens(str(fn.arguments))
+
+    def _timeout(self, call: LLMChat, which: str, detail: str = "") -> LLMTimeout:
+        cfg = self.config
+        limit = cfg.first_token_timeout_s if which == "first_token" else cfg.total_timeout_s
+        what = "no token came" if which == "first_token" else "the generation did not end"
+        return LLMTimeout(f"the server at {self._where}: {what} within {which}_timeout_s="
+                          f"{limit:g} s{detail}", syscall=call, deadline=which)
 
     # -- failures ------------------------------------------------------------------------
 
@@ -483,6 +597,16 @@ class OpenAIBackend(LLMBackend):
             "prompt_tokens": self._prompt_tokens,
             "cached_tokens": self._cached_tokens,
         }
+
+
+def _deadline(request: GenerationRequest, delivered: int) -> tuple[float, str]:
+    """The deadline in force (anyio clock) and its name: the first token's until one came,
+    then the whole call's (whichever passes first)."""
+    total = request.deadline if request.deadline is not None else math.inf
+    first = request.first_token_deadline
+    if not delivered and first is not None and first < total:
+        return first, "first_token"
+    return total, "total"
 
 
 def _base_url_hint(base_url: str | None) -> str:

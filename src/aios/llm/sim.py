@@ -39,10 +39,12 @@ from aios.config import LLMConfig, config_error
 from aios.errors import (
     BackendUnavailable,
     ContextWindowExceeded,
+    InvalidSyscall,
     LLMError,
     RateLimited,
 )
 from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.llm.stops import StopMatcher
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
 
 __all__ = [
@@ -584,7 +586,8 @@ class SimEngine:
             return _Reply(words, None, max_tokens, "length")
         if self._cfg.tool_calls and call.tools and call.tool_choice != "none":
             last = call.messages[-1]
-            if last.get("role") == "user":
+            forced = call.tool_choice == "required" or isinstance(call.tool_choice, Mapping)
+            if forced or last.get("role") == "user":
                 tool = call.tools[0]
                 choice = call.tool_choice
                 if isinstance(choice, Mapping):
@@ -649,7 +652,7 @@ class SimEngine:
         )
         resume = request.resume
         if resume is not None:
-            k = resume.completion_tokens or len(resume.text.split())
+            k = resume.completion_tokens or len((resume.text + resume.held).split())
             k = min(max(k, 0), reply.limit)
             # The continuation's prompt is prompt + partial output; its ids are the ids
             # the engine produced, so the blocks cached at preemption match.
@@ -817,42 +820,6 @@ class SimEngine:
 # ----------------------------------------------------------------------- the stream
 
 
-class _StopMatcher:
-    """Applies stop strings to streamed text, holding back a tail that may start one."""
-
-    __slots__ = ("held", "stops")
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        buf = self.held + text
-        cut = -1
-        for s in self.stops:
-            i = buf.find(s)
-            if i >= 0 and (cut < 0 or i < cut):
-                cut = i
-        if cut >= 0:
-            self.held = ""
-            return buf[:cut], True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(buf)), keep, -1):
-                if buf.endswith(s[:n]):
-                    keep = n
-                    break
-        if keep:
-            self.held = buf[-keep:]
-            return buf[:-keep], False
-        self.held = ""
-        return buf, False
-
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return held
-
-
 class SimStream:
     """The chunks of one sequence: one ``Chunk`` per token, then a final chunk with
     ``finish_reason`` and ``usage``. Closing it (``aclose``/``cancel``, or cancelling the
@@ -868,7 +835,9 @@ class SimStream:
         self._reason: str | None = None
         self._final = False
         stop = request.call.stop
-        self._stop = _StopMatcher(stop) if stop else None
+        # A resumed stream starts with the text its predecessor held back (Resume.held).
+        resume = request.resume
+        self._stop = StopMatcher(stop, resume.held if resume else "") if stop else None
         self._model = engine.model
 
     def open(self) -> None:
@@ -913,8 +882,11 @@ class SimStream:
                 if self._stop is not None and text:
                     text, hit = self._stop.feed(text)
                     if hit:
+                        # The token that completes a stop string ends the generation in
+                        # the same chunk: no token boundary (and no preemption) between.
                         self._reason = "stop"
                         self._engine._cancel(seq)
+                        return self._final_chunk(seq, text, (tid,), 1)
                 return Chunk(text=text, token_ids=(tid,), n_tokens=1)
             st = seq.state
             if st == _DONE:
@@ -937,15 +909,24 @@ class SimStream:
                 self.cancel()
                 raise
 
-    def _final_chunk(self, seq: _Seq) -> Chunk:
+    def held_text(self) -> str:
+        """Text generated but held back (it may begin a stop string): see
+        :class:`aios.llm.base.SupportsHeldText`."""
+        return self._stop.held if self._stop is not None else ""
+
+    def _final_chunk(self, seq: _Seq, text: str = "", token_ids: tuple[int, ...] = (),
+                     n_tokens: int = 0) -> Chunk:
         if self._final:
             raise StopAsyncIteration
         self._final = True
         reason = self._reason or "stop"
         # After a stop-string hit the matcher holds nothing; otherwise release its tail.
-        text = self._stop.flush() if self._stop is not None else ""
+        if self._stop is not None:
+            text += self._stop.flush()
         return Chunk(
             text=text,
+            token_ids=token_ids,
+            n_tokens=n_tokens,
             finish_reason=reason,
             tool_calls=[seq.tool_call] if reason == "tool_calls" and seq.tool_call else None,
             usage=Usage(
@@ -1020,6 +1001,16 @@ class SimBackend(LLMBackend):
         # Lazy: the request enters the engine on the first __anext__, so errors surface
         # where the caller iterates.
         return self.engine.stream(request)
+
+    def check(self, call: LLMChat) -> None:
+        """The sim generates words: it cannot follow a JSON mode or schema (refused, never
+        answered with prose). Forced tool calls (``tool_choice`` required or named) it
+        does follow."""
+        fmt = call.response_format
+        if fmt is not None and fmt.get("type", "text") != "text":
+            raise InvalidSyscall(
+                f"response_format: {fmt.get('type')!r} is not supported by the sim backend "
+                "(it generates plain words; only 'text')", syscall=call)
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats()

@@ -133,6 +133,9 @@ class ChatResult(_Frozen):
     """The result of :class:`LLMChat`."""
 
     text: str
+    reasoning: str = ""
+    """The model's reasoning (``reasoning_content`` of reasoning servers), apart from the
+    answer; its tokens are in ``usage.completion_tokens``. Not part of :attr:`message`."""
     tool_calls: list[ToolCallRequest] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     finish_reason: str = "stop"
