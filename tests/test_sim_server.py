@@ -336,6 +336,56 @@ async def test_malformed_requests_are_400() -> None:
         assert "error" in r.json()
 
 
+def _json_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
+    """An OpenAI-style JSON error with this status (never a plain-text 500)."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err: dict[str, Any] = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    return err
+
+
+async def test_lone_surrogate_and_deep_nesting_are_400() -> None:
+    async with running_server(time_scale=0.0) as (url, engine), httpx.AsyncClient() as http:
+        post = partial(http.post, f"{url}/chat/completions",
+                       headers={"content-type": "application/json"})
+        r = await post(content=b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}')
+        err = _json_error(r)
+        assert "surrogate" in err["message"] and err["param"] == "messages"
+        deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        err = _json_error(await post(content=deep))
+        assert "nested deeper" in err["message"]
+        assert engine.stats()["requests"] == 0  # nothing reached the engine
+
+
+async def test_other_malformed_bodies_are_400() -> None:
+    async with running_server(time_scale=0.0) as (url, engine), httpx.AsyncClient() as http:
+        post = partial(http.post, f"{url}/chat/completions",
+                       headers={"content-type": "application/json"})
+        msgs = json.dumps(USER)
+        cases = {
+            # nesting under the interpreter's recursion limit but over the server's
+            "nested 200": b'{"messages": ' + msgs.encode() + b', "x": '
+            + b"[" * 200 + b"]" * 200 + b"}",
+            "surrogate in a key": b'{"messages": ' + msgs.encode() + b', "\\udfff": 1}',
+            "NaN": b'{"messages": ' + msgs.encode() + b', "temperature": NaN}',
+            "Infinity": b'{"messages": ' + msgs.encode() + b', "top_p": -Infinity}',
+            "1e999": b'{"messages": ' + msgs.encode() + b', "temperature": 1e999}',
+            "not UTF-8": b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}',
+            "empty": b"",
+            "model not a string": b'{"model": ["sim"], "messages": ' + msgs.encode() + b"}",
+            "huge integer": b'{"messages": ' + msgs.encode() + b', "seed": ' + b"9" * 5000
+            + b"}",
+        }
+        for name, body in cases.items():
+            r = await post(content=body)
+            assert r.status_code == 400, (name, r.text)
+            _json_error(r)
+        assert engine.stats()["requests"] == 0
+        ok = await post(content=b'{"messages": ' + msgs.encode() + b', "max_tokens": 3}')
+        assert ok.status_code == 200
+
+
 async def test_stats_and_reset() -> None:
     async with running_server(time_scale=0.0, slots=4) as (url, _), httpx.AsyncClient() as http:
         root = url.removesuffix("/v1")
