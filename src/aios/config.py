@@ -263,6 +263,11 @@ class AccessConfig(_Strict):
     """Keep only the SHA-256 of a syscall's arguments in the audit log, not their text."""
     audit_args_chars: int = Field(default=256, ge=0)
     """How many characters of a syscall's arguments (as JSON) the audit log keeps."""
+    audit_batch: int = Field(default=1024, ge=1)
+    """Audit rows written in one transaction at most (a full batch is written at once)."""
+    audit_linger_s: float = Field(default=0.05, ge=0)
+    """How long the audit writer waits for a batch to fill before writing (seconds):
+    how stale the log may be, never an agent's wait."""
 
     @property
     def configured(self) -> bool:
