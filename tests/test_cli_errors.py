@@ -92,6 +92,13 @@ def test_one_line_unwraps_exception_groups() -> None:
         "No such file or directory: f.txt"
 
 
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "required: command" in one_error(capsys)
+    line = one_error(capsys, "run")
+    assert "required: agent (see aios run --help)" in line  # args are optional
+    assert "invalid choice" in one_error(capsys, "run", "a.py:f", "--log", "loud")
+
+
 # -- run: the agent reference ---------------------------------------------------------------
 
 

@@ -386,6 +386,33 @@ async def test_other_malformed_bodies_are_400() -> None:
         assert ok.status_code == 200
 
 
+async def test_oversized_body_is_413_before_it_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aios.llm.server as server
+
+    monkeypatch.setattr(server, "_MAX_BODY", 1000)
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(body), 100):
+            yield body[i: i + 100]
+
+    async with running_server(time_scale=0.0) as (url, engine), httpx.AsyncClient() as http:
+        for content in (body, chunks()):
+            r = await http.post(f"{url}/chat/completions", content=content)
+            assert r.status_code == 413
+            assert "larger than 1000" in r.json()["error"]["message"]
+        assert engine.stats()["requests"] == 0
+
+
+async def test_continuation_needs_text_content() -> None:
+    async with running_server(time_scale=0.0) as (url, _), httpx.AsyncClient() as http:
+        for content in (5, None, {"text": "x"}):
+            r = await http.post(f"{url}/chat/completions", json={
+                "messages": [*USER, {"role": "assistant", "content": content}],
+                "continue_final_message": True, "add_generation_prompt": False})
+            assert _json_error(r)["param"] == "messages"
+
+
 async def test_stats_and_reset() -> None:
     async with running_server(time_scale=0.0, slots=4) as (url, _), httpx.AsyncClient() as http:
         root = url.removesuffix("/v1")

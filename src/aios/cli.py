@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run agents on a kernel")
     run.add_argument("agent", help="path/file.py:function or module:function")
-    run.add_argument("args", nargs="*", help="arguments passed to every agent")
+    run.add_argument("args", nargs="*", default=[], help="arguments passed to every agent")
     run.add_argument("-n", type=positive_int, default=1, help="how many agents to spawn")
     run.add_argument("--config", help="TOML config file (default: $AIOS_CONFIG or embedded)")
     run.add_argument("--policy", help="scheduling policy (overrides the config)")
@@ -354,6 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `aios plugins | head`: the reader left. Not an error to report; point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if args.debug:
             traceback.print_exception(exc)

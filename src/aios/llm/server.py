@@ -92,9 +92,10 @@ def _error(
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, *, status: int = 400) -> None:
         self.message = message
         self.param = param
+        self.status = status
         super().__init__(message)
 
 
@@ -102,6 +103,27 @@ class _BadRequest(Exception):
 
 _MAX_DEPTH = 128
 """Deepest JSON nesting accepted in a request body (tool schemas need a few tens)."""
+
+
+_MAX_BODY = 32 * 1024 * 1024
+"""Largest request body read, in bytes (a 32k-token context is well under 1 MiB)."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, read up to ``_MAX_BODY`` bytes; a larger one is refused before it is
+    held in memory (by its Content-Length when it says, else as it arrives)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _MAX_BODY:
+        raise _BadRequest(f"the request body ({declared} bytes) is larger than {_MAX_BODY}",
+                          status=413)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise _BadRequest(f"the request body is larger than {_MAX_BODY} bytes", status=413)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _reject_constant(name: str) -> Any:
@@ -215,7 +237,14 @@ def _parse(body: Any) -> _Parsed:
                 "continue_final_message needs the last message to be an assistant message",
                 "messages",
             )
-        text = content_text(last.get("content"))
+        content = last.get("content")
+        if not isinstance(content, (str, list)):
+            raise _BadRequest(
+                "the assistant message to continue needs its text as 'content' (a string "
+                "or a list of text parts)",
+                "messages",
+            )
+        text = content_text(content)
         messages = messages[:-1]
         if not messages:
             raise _BadRequest("nothing precedes the assistant message to continue", "messages")
@@ -397,9 +426,9 @@ def create_sim_app(engine: SimEngine) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         try:
-            body = _loads(await request.body())
+            body = _loads(await _read_body(request))
         except _BadRequest as exc:
-            return _error(400, exc.message, param=exc.param)
+            return _error(exc.status, exc.message, param=exc.param)
         requested = body.get("model") if isinstance(body, dict) else None
         if requested is not None and not isinstance(requested, str):
             return _error(400, "'model' must be a string", param="model")
