@@ -143,3 +143,33 @@ def test_reading_answers() -> None:
         reason = 7  # not a str: dropped
 
     assert read(Legacy()) == aios.ApprovalDecision(approved=True)
+
+
+AGENT_FILE = '''
+import aios
+
+@aios.tool(irreversible=True)
+async def launch(target: str) -> str:
+    """Launch."""
+    return f"launched {target}"
+
+TOOLS = [launch]
+
+async def agent(ctx):
+    try:
+        return (await ctx.tools.call("launch", {"target": "moon"})).content
+    except aios.ApprovalDenied as exc:
+        return f"denied: {exc.reason}"
+'''
+
+
+@pytest.mark.parametrize(("mode", "said"), [
+    ("deny", "denied: denied by --approve deny"), ("allow", "launched moon")])
+def test_aios_run_approve_deny_or_allow(tmp_path: Any, capsys: pytest.CaptureFixture[str],
+                                        mode: str, said: str) -> None:
+    from aios.cli import main
+
+    path = tmp_path / "ag.py"
+    path.write_text(AGENT_FILE)
+    assert main(["run", f"{path}:agent", "--approve", mode]) == 0
+    assert f"agent-1 (priority 0): {said}" in capsys.readouterr().out
