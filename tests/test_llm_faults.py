@@ -386,7 +386,9 @@ async def preempt_attempt(**chat: Any) -> tuple[aios.ChatResult, list[str]]:
 
     async with aios.Kernel(window1(), backends={"default": backend}) as k:
         a = k.spawn(slow, priority=5)
-        await until(lambda: len(backend.requests) == 1)
+        q = k.llm_resources()["default"].queue
+        # Once it has output (before, a bump costs nothing and is always allowed).
+        await until(lambda: any(e.started for e in q.running))
         w = k.spawn(urgent, priority=0)
         await w.wait()
         return await a.wait(), order

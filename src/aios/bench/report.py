@@ -52,6 +52,10 @@ def summarize(r: RunResult) -> dict[str, Any]:
     call_lat: dict[str, list[float]] = defaultdict(list)
     for start, end, _g, _n, cls in r.calls:
         call_lat[cls].append(end - start)
+    # Per-class latency of a workload tool's calls, waiting for its window included.
+    tool_lat: dict[str, list[float]] = defaultdict(list)
+    for start, end, cls in r.tool_calls:
+        tool_lat[cls].append(end - start)
     groups = sorted({a.group for a in r.agents})
     fairness = None
     service: dict[str, int] = {}
@@ -75,6 +79,8 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "act": _lat(act),
         "per_class": {c: _lat(v) for c, v in sorted(by_cls.items())},
         "per_class_call": {c: _lat(v) for c, v in sorted(call_lat.items())},
+        "per_class_tool": {c: _lat(v) for c, v in sorted(tool_lat.items())},
+        "tool_calls": len(r.tool_calls),
         "agents_per_min": len(ok) / makespan * 60 if makespan else float("nan"),
         "tokens_per_s": tokens / makespan if makespan else float("nan"),
         "jain": fairness,
@@ -83,6 +89,8 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "engine_mean_batch": eng.get("mean_batch") if eng else None,
         "engine_steps_per_s": eng["steps"] / makespan if eng and makespan else None,
         "context_switches": r.context_switches,
+        "reprefill_tokens": r.reprefill_tokens,
+        "bumps": r.bumps,
         "cpu_s": r.cpu_s,
         "peak_rss_mb": r.peak_rss_mb,
     }
@@ -100,8 +108,9 @@ def _f(v: Any, fmt: str = ".2f") -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| system | makespan s | ACT mean s | ACT p50 s | ACT p99 s | agents/min | tokens/s "
-        "| efficiency | Jain | errors | 429s | ctx sw | CPU s | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| efficiency | Jain | errors | 429s | ctx sw | re-prefill tok | bumps | CPU s "
+        "| peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["act"]
@@ -109,12 +118,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['system']} | {_f(r['makespan_s'])} | {_f(a['mean'])} | {_f(a['p50'])} "
             f"| {_f(a['p99'])} | {_f(r['agents_per_min'], '.1f')} | {_f(r['tokens_per_s'], '.0f')} "
             f"| {_f(r['efficiency'], '.3f')} | {_f(r['jain'], '.3f')} | {r['errors']} "
-            f"| {r['rate_limited']} | {r['context_switches']} | {_f(r['cpu_s'], '.1f')} "
+            f"| {r['rate_limited']} | {r['context_switches']} | {r.get('reprefill_tokens', 0)} "
+            f"| {r.get('bumps', 0)} | {_f(r['cpu_s'], '.1f')} "
             f"| {_f(r['peak_rss_mb'], '.0f')} |")
     classes = sorted({c for r in rows for c in r["per_class"]})
     if len(classes) > 1:
-        for key, title in (("per_class", "agent completion time (s)"),
-                           ("per_class_call", "LLM call latency (s)")):
+        tables = [("per_class", "agent completion time (s)"),
+                  ("per_class_call", "LLM call latency (s)")]
+        if any(r.get("per_class_tool") for r in rows):
+            tables.append(("per_class_tool", "tool call latency, queueing included (s)"))
+        for key, title in tables:
             lines += ["", f"Per-class {title}, p50 / p99:", "",
                       "| system | " + " | ".join(classes) + " |",
                       "|---|" + "---:|" * len(classes)]

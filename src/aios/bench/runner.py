@@ -3,7 +3,10 @@
 Both systems run the same agent program (:func:`react_agent`) on the same sampled agents
 against a fresh engine with the same settings; only the way an agent reaches the LLM
 differs: ``ctx.llm.chat`` through the kernel, or the backend's own client called directly
-and concurrently (the baseline). Everything runs in this process and event loop.
+and concurrently (the baseline). So do a workload's simulated tools: a kernel tool (its own
+queue and window, ordered by the policy) through ``ctx.tools.call``, or the same sleep
+behind an ``anyio.CapacityLimiter`` (first come, first served). Everything runs in this
+process and event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import aios
 from aios.bench.workload import AgentSpec, Workload, sample_agents
 from aios.errors import AIOSError, RateLimited
 from aios.llm.sim import SimBackend, SimEngine, engine_config_from_options
+from aios.tools.function import Tool
 
 __all__ = ["AgentRecord", "RunResult", "Target", "run_system"]
 
@@ -30,6 +34,8 @@ SYSTEM_PROMPT = "You are a careful agent. Think, call tools, and answer."
 
 CallFn = Callable[[list[dict[str, Any]], int], Awaitable[int]]
 """(messages, max_tokens) -> completion tokens; raises on failure."""
+ToolFn = Callable[[str], Awaitable[None]]
+"""(tool name) -> None once the call is done; raises on failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +69,24 @@ class RunResult:
     agents: list[AgentRecord]
     calls: list[tuple[float, float, str, int, str]] = field(default_factory=list)
     """(start, end, group, completion tokens, class) of every LLM call."""
+    tool_calls: list[tuple[float, float, str]] = field(default_factory=list)
+    """(start, end, class) of every call of a workload tool, queueing included."""
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     engine: dict[str, Any] = field(default_factory=dict)
     context_switches: int = 0
+    reprefill_tokens: int = 0
+    """Tokens prefilled again by resumes (the recompute cost of context switches)."""
+    bumps: int = 0
+    """Requests stopped at zero cost while queued in the engine, for more urgent ones."""
 
 
 async def react_agent(spec: AgentSpec, call: CallFn, rec: AgentRecord,
-                      result: RunResult, t0: float, max_retries: int) -> None:
-    """The workload's agent: ``steps`` turns of LLM call + tool wait on a growing chat."""
+                      result: RunResult, t0: float, max_retries: int,
+                      tool: ToolFn | None = None) -> None:
+    """The workload's agent: ``steps`` turns of LLM call + tool wait (or ``spec.tool``
+    calls, through ``tool``) on a growing chat."""
     clock = time.perf_counter
     msgs: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
@@ -97,13 +111,48 @@ async def react_agent(spec: AgentSpec, call: CallFn, rec: AgentRecord,
             result.calls.append((start, end, spec.group, n, spec.cls))
             msgs.append({"role": "assistant", "content": f"step {step} done ({n} tokens)"})
             if step + 1 < spec.steps:
-                await anyio.sleep(spec.tool_s)
+                if spec.tool is not None and tool is not None:
+                    await _tool_round(spec, spec.tool, tool, result, t0)
+                else:
+                    await anyio.sleep(spec.tool_s)
                 msgs.append({"role": "user", "content": "observation: "
                              + " ".join(spec.task.split()[: spec.tool_words])})
         rec.done = clock() - t0
     except AIOSError as exc:
         rec.error = f"{type(exc).__name__}: {exc}"
         rec.done = clock() - t0
+
+
+async def _tool_round(spec: AgentSpec, name: str, tool: ToolFn, result: RunResult,
+                      t0: float) -> None:
+    """``spec.tool_calls`` calls of tool ``name`` at once, each timed from its submission."""
+    async def one() -> None:
+        start = time.perf_counter() - t0
+        await tool(name)
+        result.tool_calls.append((start, time.perf_counter() - t0, spec.cls))
+
+    if spec.tool_calls == 1:
+        await one()
+        return
+    async with anyio.create_task_group() as tg:
+        for _ in range(spec.tool_calls):
+            tg.start_soon(one)
+
+
+def bench_tools(workload: Workload) -> list[Tool]:
+    """The workload's simulated tools as kernel tools: a fixed sleep each, under the
+    tool's own window (``max_concurrency``)."""
+    return [aios.tool(name=t.name, max_concurrency=t.max_concurrency,
+                      description=f"Simulated tool: {t.latency_ms:g} ms per call.")(
+                          _sleeper(t.latency_ms / 1000.0)) for t in workload.tools]
+
+
+def _sleeper(latency_s: float) -> Callable[[], Awaitable[str]]:
+    async def sim_tool() -> str:
+        await anyio.sleep(latency_s)
+        return "ok"
+
+    return sim_tool
 
 
 def engine_for(workload: Workload, target: Target) -> SimEngine:
@@ -172,10 +221,14 @@ async def _run_kernel(policy: str, specs: list[AgentSpec], workload: Workload,
             r = await ctx.llm.chat(msgs, max_tokens=max_tokens, temperature=0.0)
             return r.usage.completion_tokens
 
-        await react_agent(spec, call, result.agents[spec.idx], result, t0, target.max_retries)
+        async def tool(name: str) -> None:
+            await ctx.tools.call(name)
+
+        await react_agent(spec, call, result.agents[spec.idx], result, t0, target.max_retries,
+                          tool)
         on_done()
 
-    async with aios.Kernel(config, backends=backends) as kernel:
+    async with aios.Kernel(config, backends=backends, tools=bench_tools(workload)) as kernel:
         procs: list[aios.Process[None]] = []
 
         def start(spec: AgentSpec) -> None:
@@ -186,17 +239,20 @@ async def _run_kernel(policy: str, specs: list[AgentSpec], workload: Workload,
         for p in procs:
             await p.wait()
         result.context_switches = kernel.context_switches
+        result.reprefill_tokens = sum(sw.reprefill_tokens for p in procs for sw in p.switch_log)
+        result.bumps = int(sum(p.counters.get("bumps", 0) for p in procs))
 
 
 async def _run_baseline(specs: list[AgentSpec], workload: Workload, target: Target,
                         engine: SimEngine | None, result: RunResult, t0: float,
                         on_done: Callable[[], None]) -> None:
+    tool = _baseline_tool(workload)
     if engine is not None:
         async def call(msgs: list[dict[str, Any]], max_tokens: int) -> int:
             r = await engine.chat(msgs, max_tokens=max_tokens, temperature=0.0)
             return r.usage.completion_tokens
 
-        await _baseline_agents(specs, call, result, t0, on_done, target.max_retries)
+        await _baseline_agents(specs, call, result, t0, on_done, target.max_retries, tool)
         return
     import openai
 
@@ -214,16 +270,31 @@ async def _run_baseline(specs: list[AgentSpec], workload: Workload, target: Targ
         return r.usage.completion_tokens if r.usage else 0
 
     try:
-        await _baseline_agents(specs, call_http, result, t0, on_done, target.max_retries)
+        await _baseline_agents(specs, call_http, result, t0, on_done, target.max_retries,
+                               tool)
     finally:
         await client.close()
 
 
+def _baseline_tool(workload: Workload) -> ToolFn:
+    """The workload's tools without a kernel: the same sleep behind a FIFO limiter."""
+    limits = {t.name: (anyio.CapacityLimiter(t.max_concurrency), t.latency_ms / 1000.0)
+              for t in workload.tools}
+
+    async def tool(name: str) -> None:
+        limiter, latency_s = limits[name]
+        async with limiter:
+            await anyio.sleep(latency_s)
+
+    return tool
+
+
 async def _baseline_agents(specs: list[AgentSpec], call: CallFn, result: RunResult,
-                           t0: float, on_done: Callable[[], None], retries: int) -> None:
+                           t0: float, on_done: Callable[[], None], retries: int,
+                           tool: ToolFn) -> None:
     async with anyio.create_task_group() as tg:
         async def run(spec: AgentSpec) -> None:
-            await react_agent(spec, call, result.agents[spec.idx], result, t0, retries)
+            await react_agent(spec, call, result.agents[spec.idx], result, t0, retries, tool)
             on_done()
 
         def start(spec: AgentSpec) -> None:

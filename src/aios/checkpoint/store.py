@@ -58,6 +58,9 @@ class ContextSwitch(BaseModel):
     restore_s: float = 0.0
     restore_bytes: int = 0
     restored: Literal["kv", "text", "recompute", "pending"] = "pending"
+    reprefill_tokens: int = 0
+    """Tokens the resume had to prefill again (estimated: the prompt, plus the output so
+    far when continuing from text; 0 from a KV snapshot): the switch's recompute cost."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,10 @@ class _Generation:
         self.must_save = False    # preempted: the checkpoint is still to be written
         self.held = ""            # text the backend held back at the last preemption
         self.service_s = 0.0      # seconds admitted so far (the deadlines' clock)
+        self.bumped = False       # the last segment was bumped before its first token
+        # Tokens a resume without KV must prefill again: the prompt (estimated at four
+        # characters a token) plus the output so far; victims are chosen cheapest first.
+        self.prompt_est = 1 + sum(len(str(m.get("content") or "")) for m in call.messages) // 4
 
     async def run(self) -> AsyncGenerator[str | ChatResult, None]:
         """The admission loop. Each turn: wait for a slot, (re)start the generation from
@@ -272,6 +276,8 @@ class _Generation:
                 entry.preemptible = self.preemptible = False
             self.n_out = self.resumed_tokens = self.resume.completion_tokens if self.resume else 0
             self.produced = len(self.resume.text) if self.resume else 0
+            kv = self.resume is not None and self.resume.kv is not None
+            sc.update_last_switch(reprefill_tokens=0 if kv else self.prompt_est + self.n_out)
             self.pending, self.awaiting_first = None, True
         sc.log.debug("syscall.dispatched", syscall=sc.sid, resumed=self.n_out)
         # Deadlines count the time admitted (the backend's), not the time this syscall
@@ -282,9 +288,11 @@ class _Generation:
         stream = self.res.backend.generate(GenerationRequest(
             call=call, request_id=sc.sid, priority=entry.priority, resume=self.resume,
             first_token_deadline=now_a + cfg.first_token_timeout_s, deadline=now_a + left_s))
+        entry.cost = self.prompt_est + self.n_out
         try:
             chunks = stream.__aiter__()
-            while (chunk := await _next_chunk(chunks, self.res, call)) is not None:
+            chunk = await self._first_chunk(entry, chunks)
+            while chunk is not None:
                 now = clock()
                 if self.awaiting_first:
                     self.awaiting_first = False
@@ -308,6 +316,10 @@ class _Generation:
                     self.pending = await self._preempt(stream)
                     self.must_save = True
                     return
+                entry.cost += chunk.n_tokens
+                chunk = await _next_chunk(chunks, self.res, call)
+            if self.bumped:
+                return  # queued again: nothing was produced, nothing to save
             raise BadResponse(f"backend {self.res.name!r} ended a generation without a "
                               "finish_reason", syscall=call)
         finally:
@@ -323,6 +335,25 @@ class _Generation:
             elapsed = clock() - t0
             self.service_s += elapsed
             sc.account(service_s=elapsed)
+
+    async def _first_chunk(self, entry: Entry, chunks: AsyncIterator[Chunk]) -> Chunk | None:
+        """Wait for the segment's first chunk. Until it comes the request is most likely
+        queued inside the engine, and the queue may bump it (``entry.interrupt``) for a
+        more urgent one: then the wait stops at once and None is returned, with
+        ``bumped`` set. It costs nothing and needs no resume support from the backend."""
+        self.bumped = False
+        with anyio.CancelScope() as scope:
+            entry.interrupt = scope.cancel
+            try:
+                chunk = await _next_chunk(chunks, self.res, self.call)
+            finally:
+                entry.interrupt = None
+            entry.started = True
+            return chunk
+        self.bumped = True
+        self.sc.account(bumps=1)
+        self.sc.log.info("syscall.bumped", syscall=self.sc.sid, priority=entry.priority)
+        return None
 
     def _timeout(self, *, first: bool) -> LLMTimeout:
         cfg = self.res.config
