@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import aios
-from aios.bench.report import jain, summarize
-from aios.bench.runner import Target, run_system
+from aios.bench.report import jain, markdown, summarize
+from aios.bench.runner import Target, bench_tools, run_system
 from aios.bench.workload import Dist, Workload, load_workload
 from aios.cli import main
 
@@ -25,7 +25,7 @@ def test_shipped_workloads_load(name: str) -> None:
 
 def test_required_workloads_ship() -> None:
     assert {"react-batch", "react-open", "mixed", "longgen", "fairness", "ratelimited",
-            "scale"} <= set(WORKLOADS)
+            "scale", "tools"} <= set(WORKLOADS)
 
 
 def test_malformed_workload_names_the_field(tmp_path: Path) -> None:
@@ -119,3 +119,35 @@ def test_cli_runs_a_workload_and_writes_reports(tmp_path: Path,
     assert "| las |" in md
     assert (out / "results.json").is_file()
     assert "| fifo |" in capsys.readouterr().out
+
+
+def test_a_class_may_call_only_a_workload_tool(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text('name = "w"\n[[tools]]\nname = "api"\n'
+                 '[[classes]]\nname = "a"\ntool = "apj"\n')
+    with pytest.raises(aios.ConfigError, match=r"class 'a': tool 'apj' is not in \[\[tools\]\] "
+                                                r"\(defined: api\)"):
+        load_workload(str(f))
+    f.write_text('name = "w"\n[[tools]]\nname = "api"\nmax_concurrency = 0\n'
+                 '[[classes]]\nname = "a"\n')
+    with pytest.raises(aios.ConfigError, match=r"tools\.0\.max_concurrency"):
+        load_workload(str(f))
+    with pytest.raises(ValueError, match="two tools are named 'api'"):
+        tiny(tools=[{"name": "api"}, {"name": "api"}])
+
+
+@pytest.mark.parametrize("system", ["baseline", "priority"])
+async def test_workload_tools_are_called_between_llm_calls(system: str) -> None:
+    w = tiny(tools=[{"name": "api", "latency_ms": 0.0, "max_concurrency": 1}],
+             classes=[{"name": "a", "share": 0.5, "steps": 3, "max_tokens": 4,
+                       "tool": "api", "tool_calls": 2},
+                      {"name": "b", "share": 0.5, "priority": 1, "steps": 2,
+                       "max_tokens": 4, "tool_ms": 0.0}])
+    assert [(t.name, t.spec.max_concurrency) for t in bench_tools(w)] == [("api", 1)]
+    r = await run_system(system, w, Target())
+    s = summarize(r)
+    assert s["completed"] == 12 and s["errors"] == 0
+    # class a: 6 agents x 2 rounds between 3 LLM calls x 2 calls; class b calls none
+    assert s["tool_calls"] == 6 * 2 * 2
+    assert set(s["per_class_tool"]) == {"a"}
+    assert "Per-class tool call latency" in markdown([s])

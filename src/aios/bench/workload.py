@@ -1,7 +1,10 @@
 """Declarative workloads: TOML files users copy and edit (shipped: ``aios/bench/workloads/``).
 
 A workload is a population of ReAct-style agents: each takes ``steps`` turns of one LLM
-call on a growing conversation followed by a simulated tool wait. Agents come in classes
+call on a growing conversation followed by a simulated tool wait, or by calls of one of the
+workload's ``[[tools]]``: simulated tools the harness defines, each with a fixed latency
+and a concurrency limit, which the kernel schedules as a resource like an LLM (the
+baseline guards them with a FIFO semaphore). Agents come in classes
 (priority, group, demand) and arrive all at once (``batch``) or as a Poisson process at a
 fraction of the engine's capacity (``poisson``). This module only describes and samples;
 it runs nothing.
@@ -22,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aios.config import config_error
 from aios.errors import ConfigError
 
-__all__ = ["AgentClass", "AgentSpec", "Dist", "Workload", "load_workload", "workload_dirs"]
+__all__ = ["AgentClass", "AgentSpec", "BenchTool", "Dist", "Workload", "load_workload",
+           "workload_dirs"]
 
 
 class Dist(BaseModel):
@@ -66,6 +70,11 @@ class AgentClass(BaseModel):
     prompt_words: int = Field(default=64, ge=1)
     tool_words: int = Field(default=16, ge=0)
     tool_ms: float = Field(default=5.0, ge=0)
+    """Simulated tool wait between LLM calls, in milliseconds (when ``tool`` is unset)."""
+    tool: str | None = None
+    """A ``[[tools]]`` entry to call between LLM calls instead of waiting ``tool_ms``."""
+    tool_calls: int = Field(default=1, ge=1)
+    """Calls of ``tool`` per step, made at once (one model reply with that many calls)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +85,17 @@ class AgentClass(BaseModel):
                 if k in data:
                     data[k] = _dist(data[k])
         return data
+
+
+class BenchTool(BaseModel):
+    """A simulated tool: every call takes ``latency_ms`` and at most ``max_concurrency``
+    calls run at once (a rate-limited API, a shared service)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    latency_ms: float = Field(default=20.0, ge=0)
+    max_concurrency: int = Field(default=1, ge=1)
 
 
 class Workload(BaseModel):
@@ -95,6 +115,20 @@ class Workload(BaseModel):
     """Extra ``SchedulerConfig`` fields (time_slice_ms, aging_tokens_per_s...)."""
     window: int | None = Field(default=None, ge=1)
     """Admission window override (default: the kernel's own, slots plus headroom)."""
+    tools: list[BenchTool] = Field(default_factory=list)
+    """Simulated tools the classes may call (``AgentClass.tool``)."""
+
+    @model_validator(mode="after")
+    def _tools_exist(self) -> Workload:
+        names = [t.name for t in self.tools]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tools: two tools are named {dup[0]!r}")
+        for c in self.classes:
+            if c.tool is not None and c.tool not in names:
+                raise ValueError(f"class {c.name!r}: tool {c.tool!r} is not in [[tools]] "
+                                 f"(defined: {', '.join(names) or 'none'})")
+        return self
 
     def with_agents(self, n: int | None) -> Workload:
         return self if n is None else self.model_copy(update={"agents": n})
@@ -112,6 +146,8 @@ class AgentSpec:
     task: str
     tool_s: float
     tool_words: int
+    tool: str | None = None
+    tool_calls: int = 1
 
 
 _WORDS = (
@@ -137,7 +173,8 @@ def sample_agents(w: Workload, step_full_s: float, slots: int,
                 arrival_s=0.0, steps=steps,
                 max_tokens=tuple(cls.max_tokens.sample(rng) for _ in range(steps)),
                 task=" ".join(rng.choice(_WORDS) for _ in range(cls.prompt_words)),
-                tool_s=cls.tool_ms / 1000.0, tool_words=cls.tool_words))
+                tool_s=cls.tool_ms / 1000.0, tool_words=cls.tool_words, tool=cls.tool,
+                tool_calls=cls.tool_calls))
     rng.shuffle(specs)
     if w.arrival == "poisson":
         # Work of an average agent at a full batch (decode + uncached prefill), hence the
