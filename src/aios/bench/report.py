@@ -89,6 +89,8 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "engine_mean_batch": eng.get("mean_batch") if eng else None,
         "engine_steps_per_s": eng["steps"] / makespan if eng and makespan else None,
         "context_switches": r.context_switches,
+        "reprefill_tokens": r.reprefill_tokens,
+        "bumps": r.bumps,
         "cpu_s": r.cpu_s,
         "peak_rss_mb": r.peak_rss_mb,
     }
@@ -106,8 +108,9 @@ def _f(v: Any, fmt: str = ".2f") -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| system | makespan s | ACT mean s | ACT p50 s | ACT p99 s | agents/min | tokens/s "
-        "| efficiency | Jain | errors | 429s | ctx sw | CPU s | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| efficiency | Jain | errors | 429s | ctx sw | re-prefill tok | bumps | CPU s "
+        "| peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["act"]
@@ -115,7 +118,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['system']} | {_f(r['makespan_s'])} | {_f(a['mean'])} | {_f(a['p50'])} "
             f"| {_f(a['p99'])} | {_f(r['agents_per_min'], '.1f')} | {_f(r['tokens_per_s'], '.0f')} "
             f"| {_f(r['efficiency'], '.3f')} | {_f(r['jain'], '.3f')} | {r['errors']} "
-            f"| {r['rate_limited']} | {r['context_switches']} | {_f(r['cpu_s'], '.1f')} "
+            f"| {r['rate_limited']} | {r['context_switches']} | {r.get('reprefill_tokens', 0)} "
+            f"| {r.get('bumps', 0)} | {_f(r['cpu_s'], '.1f')} "
             f"| {_f(r['peak_rss_mb'], '.0f')} |")
     classes = sorted({c for r in rows for c in r["per_class"]})
     if len(classes) > 1:

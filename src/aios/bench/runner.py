@@ -76,6 +76,10 @@ class RunResult:
     peak_rss_mb: float = 0.0
     engine: dict[str, Any] = field(default_factory=dict)
     context_switches: int = 0
+    reprefill_tokens: int = 0
+    """Tokens prefilled again by resumes (the recompute cost of context switches)."""
+    bumps: int = 0
+    """Requests stopped at zero cost while queued in the engine, for more urgent ones."""
 
 
 async def react_agent(spec: AgentSpec, call: CallFn, rec: AgentRecord,
@@ -235,6 +239,8 @@ async def _run_kernel(policy: str, specs: list[AgentSpec], workload: Workload,
         for p in procs:
             await p.wait()
         result.context_switches = kernel.context_switches
+        result.reprefill_tokens = sum(sw.reprefill_tokens for p in procs for sw in p.switch_log)
+        result.bumps = int(sum(p.counters.get("bumps", 0) for p in procs))
 
 
 async def _run_baseline(specs: list[AgentSpec], workload: Workload, target: Target,
