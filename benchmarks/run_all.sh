@@ -14,3 +14,4 @@ $B bench longgen --policy fifo,rr,las-nopreempt,las --out benchmarks/out/longgen
 $B bench fairness --policy fifo,las,fair --out benchmarks/out/fairness
 $B bench ratelimited --policy fifo,las --out benchmarks/out/ratelimited
 $B bench scale --policy fifo,las --out benchmarks/out/scale
+$B bench tools --policy fifo,priority --out benchmarks/out/tools
