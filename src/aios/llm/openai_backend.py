@@ -34,7 +34,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -53,7 +53,7 @@ from aios.errors import (
     ModelNotFound,
     RateLimited,
 )
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.llm.wire import error_class_from_wire
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
@@ -166,6 +166,46 @@ class _StreamState:
         ]
 
 
+class _Recompute:
+    """Resume by recompute, for a server that refuses continuation: the request goes out
+    as if new (the original prompt and ``max_tokens``) and the output the kernel already
+    has (``resume.text``, ``resume.reasoning``: as many characters) is skipped, as the
+    kernel's own recompute after a lost checkpoint does; exact at temperature 0 or a
+    fixed seed on a deterministic engine. Skipped text counts no tokens; the final usage
+    is the server's less the resumed tokens, with the prompt counting them (the
+    :class:`aios.llm.base.Resume` contract)."""
+
+    __slots__ = ("reasoning", "resumed", "text")
+
+    def __init__(self, resume: Resume) -> None:
+        self.text = len(resume.text)
+        self.reasoning = len(resume.reasoning)
+        self.resumed = resume.completion_tokens
+
+    def fresh(self, chunk: Chunk) -> bool:
+        """Cut what was already produced from ``chunk``; False when nothing is left."""
+        if not (self.text or self.reasoning):
+            return True
+        text, thought = chunk.text, chunk.reasoning
+        if self.text and text:
+            cut = min(self.text, len(text))
+            self.text -= cut
+            text = text[cut:]
+        if self.reasoning and thought:
+            cut = min(self.reasoning, len(thought))
+            self.reasoning -= cut
+            thought = thought[cut:]
+        if (text, thought) != (chunk.text, chunk.reasoning):
+            chunk.text, chunk.reasoning = text, thought
+            chunk.n_tokens = _estimate_tokens(text) + _estimate_tokens(thought)
+        return bool(text or thought)
+
+    def usage(self, usage: Usage) -> Usage:
+        return Usage(prompt_tokens=usage.prompt_tokens + self.resumed,
+                     completion_tokens=max(0, usage.completion_tokens - self.resumed),
+                     cached_tokens=usage.cached_tokens)
+
+
 class OpenAIBackend(LLMBackend):
     """LLM backend for OpenAI-compatible servers (entry point ``openai``)."""
 
@@ -196,6 +236,10 @@ class OpenAIBackend(LLMBackend):
         seed = options.seed
         self._rng = random.Random(seed) if seed is not None else random.Random()
         self._client: AsyncOpenAI | None = None
+        # What this server accepts, learnt at its first refusal (HTTP 400/422 naming the
+        # field, or any 422 while we sent it): then never sent again by this instance.
+        self._send_priority = config.priority_passthrough != "off"
+        self._send_continuation = config.supports_continuation
         self._model: str = config.model
         self._requests = 0
         self._retries = 0
@@ -245,8 +289,13 @@ class OpenAIBackend(LLMBackend):
         client = self._client
         self._requests += 1
 
+        if not self._model:
+            self._model = await self._default_model(client)
+        # A resume on a server found unable to continue: recompute (see _Recompute).
+        redo = _Recompute(resume) if resume is not None and not self._send_continuation \
+            else None
         max_tokens = call.max_tokens
-        if resume is not None and max_tokens is not None:
+        if resume is not None and max_tokens is not None and redo is None:
             max_tokens -= resume.completion_tokens
             if max_tokens <= 0:
                 # The interrupted generation had already used its whole budget.
@@ -256,9 +305,6 @@ class OpenAIBackend(LLMBackend):
                     model=self._model or self.config.model,
                 )
                 return
-
-        if not self._model:
-            self._model = await self._default_model(client)
         kwargs = self._request_kwargs(request, max_tokens)
 
         attempt = 0
@@ -285,6 +331,8 @@ class OpenAIBackend(LLMBackend):
                         if raw is None:
                             break
                         for chunk in self._absorb(raw, state, call):
+                            if redo is not None and not redo.fresh(chunk):
+                                continue
                             delivered += 1
                             yield chunk
                 if state.finish_reason is None:
@@ -298,6 +346,14 @@ class OpenAIBackend(LLMBackend):
                 self._errors += 1
                 raise
             except (openai.OpenAIError, ValueError) as exc:
+                if delivered == 0 and self._refused_field(exc, kwargs):
+                    # The server refuses a field it does not know: sent no more by this
+                    # instance, and this request goes again at once (not a retry).
+                    if resume is not None and not self._send_continuation and redo is None:
+                        redo = _Recompute(resume)
+                        max_tokens = call.max_tokens
+                    kwargs = self._request_kwargs(request, max_tokens)
+                    continue
                 failure = await self._classify(exc, call, client)
                 if failure.retryable and delivered == 0 and attempt < self.config.max_retries:
                     delay = self._delay(attempt, failure.retry_after)
@@ -340,6 +396,8 @@ class OpenAIBackend(LLMBackend):
                 raise error from exc
 
         usage = state.usage or Usage(completion_tokens=state.counted)
+        if redo is not None:
+            usage = redo.usage(usage)
         self._prompt_tokens += usage.prompt_tokens
         self._completion_tokens += usage.completion_tokens
         self._cached_tokens += usage.cached_tokens
@@ -355,14 +413,14 @@ class OpenAIBackend(LLMBackend):
         call = request.call
         messages: list[dict[str, Any]] = list(call.messages)
         extra_body: dict[str, Any] = dict(call.extra)
-        mode = self.config.priority_passthrough
+        mode = self.config.priority_passthrough if self._send_priority else "off"
         if mode == "lower_first":
             extra_body["priority"] = request.priority
         elif mode == "higher_first":
             # Kernel priorities run lower values first; SGLang runs higher values first.
             extra_body["priority"] = -request.priority
         resume = request.resume
-        if resume is not None:
+        if resume is not None and self._send_continuation:
             # vLLM's continuation: the last assistant message is extended, not answered.
             partial: dict[str, Any] = {"role": "assistant", "content": resume.text + resume.held}
             if resume.reasoning:
@@ -390,6 +448,37 @@ class OpenAIBackend(LLMBackend):
         if extra_body:
             kwargs["extra_body"] = extra_body
         return kwargs
+
+    def _refused_field(self, exc: Exception, kwargs: dict[str, Any]) -> bool:
+        """Whether ``exc`` is the server refusing ``priority`` or the continuation fields
+        (``continue_final_message``, ``add_generation_prompt``) that we sent: an HTTP 400
+        or 422 naming one, or any 422 while we sent one (FastAPI/pydantic servers such as
+        ``transformers serve`` answer an unknown field with 422). Then that field is
+        turned off for this instance, once, with a log line; True means "send again"."""
+        if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422):
+            return False
+        extra = kwargs.get("extra_body") or {}
+        priority, continuation = "priority" in extra, "continue_final_message" in extra
+        if not (priority or continuation):
+            return False
+        said = f"{exc.message} {exc.body!r}".lower()
+        named_c = "continue_final_message" in said or "add_generation_prompt" in said
+        if priority and ("priority" in said or (exc.status_code == 422 and not named_c)):
+            self._send_priority = False
+            self.log.warning("llm.priority_unsupported", llm=self.config.name,
+                             base_url=self._where, status=exc.status_code,
+                             error=_server_message(exc))
+            return True
+        if continuation and (named_c or exc.status_code == 422):
+            self._send_continuation = False
+            # The kernel reads this to stop relying on continuation; resumes already
+            # under way are recomputed by this backend (see _Recompute).
+            self.capabilities = replace(self.capabilities, continuation=False)
+            self.log.warning("llm.continuation_unsupported", llm=self.config.name,
+                             base_url=self._where, status=exc.status_code,
+                             error=_server_message(exc))
+            return True
+        return False
 
     def _absorb(self, raw: ChatCompletionChunk, state: _StreamState, call: LLMChat
                 ) -> list[Chunk]:
