@@ -5,9 +5,10 @@ pieces, each short:
 
 * :class:`LLMHandler` starts the backends (one :class:`LLMResource` each: backend, queue,
   capabilities) and closes those it created, never a backend it was lent;
-* :class:`_Generation` is one syscall's state: the admission loop (:meth:`run`), one
-  segment of generation between two admissions (:meth:`_segment`), and the rate-limit
-  re-queue;
+* :class:`_Generation` is one syscall's state: the admission loop (as a coroutine,
+  :meth:`complete`, for ``chat``; as a generator, :meth:`run`, for ``stream``), built of
+  short steps: admission, opening a segment, taking a chunk, yielding at a token
+  boundary, closing the segment, the rate-limit re-queue;
 * :class:`_Checkpointer` saves a preempted generation to the state database and restores
   it (KV snapshot, text continuation, or recompute).
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,14 +163,8 @@ class LLMHandler(SyscallHandler):
         return res
 
     async def call(self, sc: SyscallContext, syscall: Any) -> ChatResult:
-        result: ChatResult | None = None
         res = self._check(syscall)
-        async with aclosing(_Generation(self, res, sc, syscall).run()) as events:
-            async for item in events:
-                if isinstance(item, ChatResult):
-                    result = item
-        assert result is not None
-        return result
+        return await _Generation(self, res, sc, syscall).complete()
 
     def stream(self, sc: SyscallContext, syscall: Any) -> AsyncIterator[str | ChatResult]:
         res = self._check(syscall)
@@ -205,37 +199,86 @@ class _Generation:
         self.held = ""            # text the backend held back at the last preemption
         self.service_s = 0.0      # seconds admitted so far (the deadlines' clock)
         self.bumped = False       # the last segment was bumped before its first token
+        # the segment in progress
+        self.stream: AsyncIterator[Chunk] | None = None
+        self.t0 = self.first_by = self.total_by = 0.0
+        self.seg_out = 0
         # Tokens a resume without KV must prefill again: the prompt (estimated at four
         # characters a token) plus the output so far; victims are chosen cheapest first.
         self.prompt_est = 1 + sum(len(str(m.get("content") or "")) for m in call.messages) // 4
 
-    async def run(self) -> AsyncGenerator[str | ChatResult, None]:
-        """The admission loop. Each turn: wait for a slot, (re)start the generation from
-        the last checkpoint and forward its text; then finish, or (preempted) queue again
-        at once while its checkpoint is written, or (rate limited) back off and queue
-        again."""
+    # The two loops below are the same admission loop; ``complete`` (ctx.llm.chat) runs
+    # it as a plain coroutine, ``run`` (ctx.llm.stream) as a generator that hands each
+    # delta on. Invariant of both, per turn: wait for a slot (a preempted generation
+    # keeps its place while its checkpoint is written); open a segment from the last
+    # checkpoint; consume chunks until the end, a preemption at a token boundary, a bump
+    # before the first token, or an error; give the slot back with the segment's service
+    # charged; then finish, or queue again (after a backoff when rate limited). Every
+    # step that is not a loop is a method of its own, shared by both.
+
+    async def complete(self) -> ChatResult:
         queue = self.res.queue
         try:
             with self.sc.entry(queue, preemptible=self.preemptible) as entry:
                 while self.final is None:
-                    rejected: RateLimited | None = None
                     slot = await self._admission(entry)
+                    rejected: RateLimited | None = None
                     try:
-                        async for text in self._segment(entry, slot):
-                            yield text
+                        chunks = await self._open(entry)
+                        chunk = await self._first_chunk(entry, chunks)
+                        while chunk is not None:
+                            self._on_chunk(entry, chunk)
+                            if self.final is not None or await self._yielded(entry):
+                                break
+                            chunk = await _next_chunk(chunks, self.res, self.call)
+                        else:
+                            self._ended_without_finish()
                     except RateLimited as exc:
                         rejected = self._rejected(exc, slot)
                     finally:
+                        await self._close(slot)
                         queue.release(entry, slot.service, rejected=slot.rejected)
                     if rejected is not None:
                         await self._backoff(rejected)
         finally:
-            # Every token generated is accounted, also for a stream left early or a
-            # killed agent (service was charged as it accrued).
-            self.sc.account(tokens_in=self._prompt_tokens(), tokens_out=self.n_out,
-                            llm_calls=1)
-            await self.ckpt.discard()
+            await self._settle()
+        return self._result()
+
+    async def run(self) -> AsyncGenerator[str | ChatResult, None]:
+        queue = self.res.queue
+        try:
+            with self.sc.entry(queue, preemptible=self.preemptible) as entry:
+                while self.final is None:
+                    slot = await self._admission(entry)
+                    rejected: RateLimited | None = None
+                    try:
+                        chunks = await self._open(entry)
+                        chunk = await self._first_chunk(entry, chunks)
+                        while chunk is not None:
+                            text = self._on_chunk(entry, chunk)
+                            if text:
+                                yield text
+                            if self.final is not None or await self._yielded(entry):
+                                break
+                            chunk = await _next_chunk(chunks, self.res, self.call)
+                        else:
+                            self._ended_without_finish()
+                    except RateLimited as exc:
+                        rejected = self._rejected(exc, slot)
+                    finally:
+                        await self._close(slot)
+                        queue.release(entry, slot.service, rejected=slot.rejected)
+                    if rejected is not None:
+                        await self._backoff(rejected)
+        finally:
+            await self._settle()
         yield self._result()
+
+    async def _settle(self) -> None:
+        # Every token generated is accounted, also for a stream left early or a killed
+        # agent (service was charged as it accrued).
+        self.sc.account(tokens_in=self._prompt_tokens(), tokens_out=self.n_out, llm_calls=1)
+        await self.ckpt.discard()
 
     async def _admission(self, entry: Entry) -> Slot:
         """Wait for a slot. A preempted generation keeps its place in the queue while its
@@ -260,13 +303,12 @@ class _Generation:
         self.kv = None
         self.must_save = False
 
-    async def _segment(self, entry: Entry, slot: Slot) -> AsyncIterator[str]:
-        """Generate while admitted: until the end, a preemption or an error. The slot's
-        service is charged with the tokens of this segment (and the prefill)."""
-        sc, call, queue, cfg = self.sc, self.call, self.res.queue, self.res.config
-        clock = queue.clock
-        t0 = clock()
-        seg_out = 0
+    async def _open(self, entry: Entry) -> AsyncIterator[Chunk]:
+        """Start a segment: restore the checkpoint if preempted, then ask the backend."""
+        sc, cfg = self.sc, self.res.config
+        self.t0 = t0 = self.res.queue.clock()
+        self.seg_out = 0
+        self.stream = None
         if self.pending is not None:
             self.resume = await self.ckpt.restore(self.pending, self.parts, self.token_ids,
                                                   self.reasoning)
@@ -283,58 +325,70 @@ class _Generation:
         # Deadlines count the time admitted (the backend's), not the time this syscall
         # waits in the kernel's own queue (the scheduler's choice, bounded by quotas).
         left_s = cfg.total_timeout_s - self.service_s
-        first_by, total_by = t0 + cfg.first_token_timeout_s, t0 + left_s
+        self.first_by, self.total_by = t0 + cfg.first_token_timeout_s, t0 + left_s
         now_a = anyio.current_time()
-        stream = self.res.backend.generate(GenerationRequest(
-            call=call, request_id=sc.sid, priority=entry.priority, resume=self.resume,
-            first_token_deadline=now_a + cfg.first_token_timeout_s, deadline=now_a + left_s))
         entry.cost = self.prompt_est + self.n_out
-        try:
-            chunks = stream.__aiter__()
-            chunk = await self._first_chunk(entry, chunks)
-            while chunk is not None:
-                now = clock()
-                if self.awaiting_first:
-                    self.awaiting_first = False
-                    self.ckpt.restored(now - t0)
-                if now > total_by or (not seg_out and now > first_by):
-                    raise self._timeout(first=now <= total_by)
-                seg_out += chunk.n_tokens
-                self._take(chunk)
-                text = self._fresh(chunk.text)
-                if text:
-                    yield text
-                if chunk.finish_reason is not None:
-                    seg_out += self._reconcile(chunk, seg_out)
-                    self.final = chunk
-                    return
-                if call.max_tokens is not None and self.n_out + 1 >= call.max_tokens:
-                    queue.finishing_soon(entry)
-                if self.preemptible and queue.should_yield(entry, now) and (
-                        call.max_tokens is None or self.n_out + 1 < call.max_tokens):
-                    # one token from the end, finishing beats switching
-                    self.pending = await self._preempt(stream)
-                    self.must_save = True
-                    return
-                entry.cost += chunk.n_tokens
-                chunk = await _next_chunk(chunks, self.res, call)
-            if self.bumped:
-                return  # queued again: nothing was produced, nothing to save
+        self.stream = stream = self.res.backend.generate(GenerationRequest(
+            call=self.call, request_id=sc.sid, priority=entry.priority, resume=self.resume,
+            first_token_deadline=now_a + cfg.first_token_timeout_s, deadline=now_a + left_s))
+        return stream.__aiter__()
+
+    def _on_chunk(self, entry: Entry, chunk: Chunk) -> str:
+        """Take one chunk; return the text the caller has not seen yet. Sets ``final``
+        on the last chunk. Raises ``LLMTimeout`` past a deadline."""
+        now = self.res.queue.clock()
+        if self.awaiting_first:
+            self.awaiting_first = False
+            self.ckpt.restored(now - self.t0)
+        if now > self.total_by or (not self.seg_out and now > self.first_by):
+            raise self._timeout(first=now <= self.total_by)
+        self.seg_out += chunk.n_tokens
+        entry.cost += chunk.n_tokens
+        self._take(chunk)
+        text = self._fresh(chunk.text)
+        if chunk.finish_reason is not None:
+            self.seg_out += self._reconcile(chunk, self.seg_out)
+            self.final = chunk
+        elif (self.call.max_tokens is not None
+              and self.n_out + 1 >= self.call.max_tokens):
+            self.res.queue.finishing_soon(entry)
+        return text
+
+    async def _yielded(self, entry: Entry) -> bool:
+        """At a token boundary: asked to yield (and not one token from the end, where
+        finishing beats switching)? Then snapshot and mark the checkpoint to write."""
+        if not self.preemptible or not self.res.queue.should_yield(
+                entry, self.res.queue.clock()):
+            return False
+        mt = self.call.max_tokens
+        if mt is not None and self.n_out + 1 >= mt:
+            return False
+        assert self.stream is not None
+        self.pending = await self._preempt(self.stream)
+        self.must_save = True
+        return True
+
+    def _ended_without_finish(self) -> None:
+        if not self.bumped:  # a bumped segment ends empty: queued again, nothing to save
             raise BadResponse(f"backend {self.res.name!r} ended a generation without a "
-                              "finish_reason", syscall=call)
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                if sys.exc_info()[0] is None:  # (a shielded scope per call costs ~5 us)
+                              "finish_reason", syscall=self.call)
+
+    async def _close(self, slot: Slot) -> None:
+        """End a segment on every path: close the backend's stream, charge its service
+        (tokens, plus the prefill the engine reported) and its time."""
+        stream, self.stream = self.stream, None
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            if sys.exc_info()[0] is None:  # (a shielded scope per call costs ~5 us)
+                await aclose()
+            else:
+                with anyio.CancelScope(shield=True):
                     await aclose()
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
-            slot.service = float(seg_out) + self._prefill()
-            sc.charge(slot.service - seg_out)
-            elapsed = clock() - t0
-            self.service_s += elapsed
-            sc.account(service_s=elapsed)
+        slot.service = float(self.seg_out) + self._prefill()
+        self.sc.charge(slot.service - self.seg_out)
+        elapsed = self.res.queue.clock() - self.t0
+        self.service_s += elapsed
+        self.sc.account(service_s=elapsed)
 
     async def _first_chunk(self, entry: Entry, chunks: AsyncIterator[Chunk]) -> Chunk | None:
         """Wait for the segment's first chunk. Until it comes the request is most likely
@@ -342,6 +396,11 @@ class _Generation:
         more urgent one: then the wait stops at once and None is returned, with
         ``bumped`` set. It costs nothing and needs no resume support from the backend."""
         self.bumped = False
+        queue = self.res.queue
+        if not queue.can_bump:  # nothing could bump it: spare the cancel scope (~5 us)
+            chunk = await _next_chunk(chunks, self.res, self.call)
+            entry.started = True
+            return chunk
         with anyio.CancelScope() as scope:
             entry.interrupt = scope.cancel
             try:

@@ -246,6 +246,14 @@ class ResourceQueue:
             assert r.interrupt is not None
             r.interrupt()
 
+    @property
+    def can_bump(self) -> bool:
+        """Whether an admitted request may be stopped before its first token (bumped) for
+        a more urgent one: only with priority classes, preemption on, and room for the
+        engine to queue requests (a window wider than its slots)."""
+        return (self.preempt_enabled and self.policy.priority_classes
+                and self.window > self.slots)
+
     def _occupied(self) -> int:
         # Early hand-over only while the backend takes everything it is given.
         if self.limit >= self.window:

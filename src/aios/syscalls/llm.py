@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
@@ -91,24 +92,28 @@ def _check_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
                          f"or null, got {type(content).__name__}")
     elif content is None and role != "assistant":
         raise ValueError(f"message {i}: a {role} message needs content")
-    _check_text(m, f"message {i}")
+    if len(m) == 2 and isinstance(content, str):  # the common {role, content}: no JSON pass
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"message {i}: text is not valid Unicode (a lone surrogate)"
+                             ) from None
+    else:
+        _check_text(m, f"message {i}")
     return m
 
 
 def _check_text(v: Any, where: str) -> None:
-    """Every string must encode as UTF-8 (a lone surrogate cannot be sent anywhere)."""
-    if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)") from None
-    elif isinstance(v, dict):
-        for k, x in v.items():
-            _check_text(k, where)
-            _check_text(x, where)
-    elif isinstance(v, list | tuple):
-        for x in v:
-            _check_text(x, where)
+    """Every string must encode as UTF-8 (a lone surrogate cannot be sent anywhere), and
+    the whole value must be JSON (it goes on the wire). One pass in C."""
+    if not v and not isinstance(v, str):  # None, {}, []: nothing to check
+        return
+    try:
+        json.dumps(v, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: not JSON-serialisable: {exc}") from None
 
 
 class Usage(_Frozen):
