@@ -84,7 +84,7 @@ class LLMClient:
     @staticmethod
     def _build(messages: Any, llm: str, params: dict[str, Any],
                extra: dict[str, Any]) -> LLMChat:
-        unknown = sorted(k for k in extra if k != "extra_body")
+        unknown = sorted(k for k in extra if k != "extra_body") if extra else None
         if unknown:
             raise InvalidSyscall(
                 f"llm.chat: unknown argument(s) {', '.join(unknown)} (known: "

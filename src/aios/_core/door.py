@@ -96,6 +96,18 @@ class SyscallContext:
             self._proc.entries.pop(entry, None)
             self._proc.wait_s += entry.waited
 
+    def enter(self, queue: ResourceQueue, *, preemptible: bool = False) -> Entry:
+        """Like :meth:`entry` without the context manager (for a hot loop): pair it with
+        :meth:`leave` in a ``finally``."""
+        entry = queue.new_entry(self._proc, self.sid, self._proc.priority,
+                                preemptible=preemptible)
+        self._proc.entries[entry] = queue
+        return entry
+
+    def leave(self, entry: Entry) -> None:
+        self._proc.entries.pop(entry, None)
+        self._proc.wait_s += entry.waited
+
     @asynccontextmanager
     async def admitted(
         self, queue: ResourceQueue, *, preemptible: bool = False

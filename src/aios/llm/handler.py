@@ -205,7 +205,11 @@ class _Generation:
         self.seg_out = 0
         # Tokens a resume without KV must prefill again: the prompt (estimated at four
         # characters a token) plus the output so far; victims are chosen cheapest first.
-        self.prompt_est = 1 + sum(len(str(m.get("content") or "")) for m in call.messages) // 4
+        chars = 0
+        for m in call.messages:
+            content = m.get("content")
+            chars += len(content) if isinstance(content, str) else len(str(content or ""))
+        self.prompt_est = 1 + chars // 4
 
     # The two loops below are the same admission loop; ``complete`` (ctx.llm.chat) runs
     # it as a plain coroutine, ``run`` (ctx.llm.stream) as a generator that hands each
@@ -218,59 +222,61 @@ class _Generation:
 
     async def complete(self) -> ChatResult:
         queue = self.res.queue
+        entry = self.sc.enter(queue, preemptible=self.preemptible)
         try:
-            with self.sc.entry(queue, preemptible=self.preemptible) as entry:
-                while self.final is None:
-                    slot = await self._admission(entry)
-                    rejected: RateLimited | None = None
-                    try:
-                        chunks = await self._open(entry)
-                        chunk = await self._first_chunk(entry, chunks)
-                        while chunk is not None:
-                            self._on_chunk(entry, chunk)
-                            if self.final is not None or await self._yielded(entry):
-                                break
-                            chunk = await _next_chunk(chunks, self.res, self.call)
-                        else:
-                            self._ended_without_finish()
-                    except RateLimited as exc:
-                        rejected = self._rejected(exc, slot)
-                    finally:
-                        await self._close(slot)
-                        queue.release(entry, slot.service, rejected=slot.rejected)
-                    if rejected is not None:
-                        await self._backoff(rejected)
+            while self.final is None:
+                slot = await self._admission(entry)
+                rejected: RateLimited | None = None
+                try:
+                    chunks = await self._open(entry)
+                    chunk = await self._first_chunk(entry, chunks)
+                    while chunk is not None:
+                        self._on_chunk(entry, chunk)
+                        if self.final is not None or await self._yielded(entry):
+                            break
+                        chunk = await _next_chunk(chunks, self.res, self.call)
+                    else:
+                        self._ended_without_finish()
+                except RateLimited as exc:
+                    rejected = self._rejected(exc, slot)
+                finally:
+                    await self._close(slot)
+                    queue.release(entry, slot.service, rejected=slot.rejected)
+                if rejected is not None:
+                    await self._backoff(rejected)
         finally:
+            self.sc.leave(entry)
             await self._settle()
         return self._result()
 
     async def run(self) -> AsyncGenerator[str | ChatResult, None]:
         queue = self.res.queue
+        entry = self.sc.enter(queue, preemptible=self.preemptible)
         try:
-            with self.sc.entry(queue, preemptible=self.preemptible) as entry:
-                while self.final is None:
-                    slot = await self._admission(entry)
-                    rejected: RateLimited | None = None
-                    try:
-                        chunks = await self._open(entry)
-                        chunk = await self._first_chunk(entry, chunks)
-                        while chunk is not None:
-                            text = self._on_chunk(entry, chunk)
-                            if text:
-                                yield text
-                            if self.final is not None or await self._yielded(entry):
-                                break
-                            chunk = await _next_chunk(chunks, self.res, self.call)
-                        else:
-                            self._ended_without_finish()
-                    except RateLimited as exc:
-                        rejected = self._rejected(exc, slot)
-                    finally:
-                        await self._close(slot)
-                        queue.release(entry, slot.service, rejected=slot.rejected)
-                    if rejected is not None:
-                        await self._backoff(rejected)
+            while self.final is None:
+                slot = await self._admission(entry)
+                rejected: RateLimited | None = None
+                try:
+                    chunks = await self._open(entry)
+                    chunk = await self._first_chunk(entry, chunks)
+                    while chunk is not None:
+                        text = self._on_chunk(entry, chunk)
+                        if text:
+                            yield text
+                        if self.final is not None or await self._yielded(entry):
+                            break
+                        chunk = await _next_chunk(chunks, self.res, self.call)
+                    else:
+                        self._ended_without_finish()
+                except RateLimited as exc:
+                    rejected = self._rejected(exc, slot)
+                finally:
+                    await self._close(slot)
+                    queue.release(entry, slot.service, rejected=slot.rejected)
+                if rejected is not None:
+                    await self._backoff(rejected)
         finally:
+            self.sc.leave(entry)
             await self._settle()
         yield self._result()
 
@@ -645,6 +651,8 @@ def _check_supported(call: LLMChat) -> None:
     """Refuse, naming the field, what no backend can return through :class:`ChatResult`
     (several choices, logprobs) and a ``tool_choice`` that cannot be honoured."""
     extra = call.extra
+    if not extra and call.tool_choice is None:
+        return  # the common case
     for key in ("n", "best_of"):
         if extra.get(key, 1) != 1:
             raise InvalidSyscall(
