@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 import aios
-from aios.llm.base import Capabilities, Chunk, GenerationRequest
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest
 from aios.testing import ScriptedLLM
 
 MSG = [{"role": "user", "content": "go"}]
@@ -20,7 +20,7 @@ class FifoEngine(ScriptedLLM):
     """One slot and a FIFO queue, like a server without priorities or continuation: a
     request waits (no tokens) until the one before it has finished."""
 
-    capabilities = Capabilities(token_boundary=True, continuation=False, engine_queue=True)
+    capabilities = BackendCapabilities(token_boundary=True, continuation=False, engine_queue=True)
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import aios
 from aios.checkpoint.store import Checkpoint, CheckpointStore
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend
 from aios.state import StateDB
 from aios.syscalls import LLMChat, Usage
 from aios.testing import ScriptedLLM
@@ -27,7 +27,7 @@ class KVScripted(LLMBackend):
     """A scripted backend with a fake KV snapshot: the blob encodes the position, and a
     resume with a KV blob must not re-send the text (it checks the blob instead)."""
 
-    capabilities: Capabilities = Capabilities(
+    capabilities: BackendCapabilities = BackendCapabilities(
         token_boundary=True, continuation=True, kv_snapshot=True, engine_queue=False)
 
     def __init__(self, text: str, delay: float = 0.0005) -> None:

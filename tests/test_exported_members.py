@@ -30,7 +30,7 @@ FACADE = {
 
 PLUGIN_INTERFACES = {
     "SyscallHandler", "SyscallContext", "KernelServices", "Guard", "Instrument", "Slot",
-    "LLMBackend", "Capabilities", "Chunk", "GenerationRequest", "Resume",
+    "LLMBackend", "BackendCapabilities", "Chunk", "GenerationRequest", "Resume",
     "SchedulingPolicy", "ToolProvider", "ToolSpec", "MemoryStore", "StorageStore",
 }
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import aios
 from aios.config import LLMConfig
 from aios.errors import ConfigError, InvalidSyscall, LLMError, LLMTimeout, RateLimited
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.llm.openai_backend import OpenAIBackend
 from aios.llm.sim import SimBackend
 from aios.llm.stops import StopMatcher
@@ -415,7 +415,7 @@ def test_preemptible_default_allows_constrained_calls_with_kv_snapshots() -> Non
                                              response_format={"type": "text"})) is True
 
     class KV(ScriptedLLM):
-        capabilities = Capabilities(token_boundary=True, kv_snapshot=True)
+        capabilities = BackendCapabilities(token_boundary=True, kv_snapshot=True)
 
     assert KV().preemptible(json_call) is True
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aios._core.door import Guard, Instrument, SyscallContext
 from aios.errors import InvalidSyscall
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.memory.base import MemoryStore
 from aios.scheduler.policy import SchedulingPolicy
 from aios.scheduler.queue import Slot
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from aios.state import StateDB
 
 __all__ = [
-    "Capabilities",
+    "BackendCapabilities",
     "Chunk",
     "GenerationRequest",
     "Guard",

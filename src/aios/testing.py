@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend
 from aios.syscalls import ToolCallRequest, Usage
 
 __all__ = [
@@ -63,7 +63,7 @@ class ScriptedLLM(LLMBackend):
     resume point says, so preemption tests can compare texts.
     """
 
-    capabilities: Capabilities = Capabilities(
+    capabilities: BackendCapabilities = BackendCapabilities(
         token_boundary=True, continuation=True, engine_queue=False
     )
 
@@ -113,7 +113,7 @@ class EchoLLM(LLMBackend):
     callers overlap and contend for the admission window.
     """
 
-    capabilities: Capabilities = Capabilities()
+    capabilities: BackendCapabilities = BackendCapabilities()
 
     def __init__(self, text: str = "ok", *, yield_first: bool = False) -> None:
         self.text = text

@@ -1,7 +1,7 @@
 """The interface every LLM backend implements, built-in or third-party.
 
 A backend implements one abstract method, :meth:`LLMBackend.generate`, an async iterator
-of :class:`Chunk`. Everything else is optional, declared in :class:`Capabilities`:
+of :class:`Chunk`. Everything else is optional, declared in :class:`BackendCapabilities`:
 
 * ``token_boundary``: the iterator yields as tokens are produced, so the kernel can stop
   it between two tokens (preemption). A backend that yields one final chunk cannot be
@@ -35,7 +35,7 @@ from aios.log import NULL_LOGGER
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
 __all__ = [
-    "Capabilities",
+    "BackendCapabilities",
     "Chunk",
     "GenerationRequest",
     "LLMBackend",
@@ -47,7 +47,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Capabilities:
+class BackendCapabilities:
     token_boundary: bool = False
     continuation: bool = False
     kv_snapshot: bool = False
@@ -154,7 +154,7 @@ class LLMBackend(ABC):
     :meth:`close` once when the kernel stops.
     """
 
-    capabilities: Capabilities = Capabilities()
+    capabilities: BackendCapabilities = BackendCapabilities()
     log: Any = NULL_LOGGER
     """A structlog-style logger; the kernel sets it to its own, bound to the resource
     name, before :meth:`start`. Backends log through it, never through a global one."""

@@ -41,7 +41,7 @@ from aios.errors import (
     SyscallError,
 )
 from aios.llm.base import (
-    Capabilities,
+    BackendCapabilities,
     Chunk,
     GenerationRequest,
     LLMBackend,
@@ -67,7 +67,7 @@ class LLMResource:
     config: LLMConfig
     backend: LLMBackend
     queue: ResourceQueue
-    caps: Capabilities
+    caps: BackendCapabilities
     owned: bool = True
     """Created by this kernel (closed with it); a lent backend is never closed here."""
 

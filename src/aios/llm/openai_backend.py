@@ -28,6 +28,7 @@ queue for scheduling (the kernel's admission window decides what runs).
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import os
 import random
@@ -37,10 +38,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import anyio
-import openai
-from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletionChunk
+from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aios.config import LLMConfig, config_error
@@ -53,7 +53,7 @@ from aios.errors import (
     ModelNotFound,
     RateLimited,
 )
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.llm.wire import error_class_from_wire
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 
@@ -211,7 +211,7 @@ class OpenAIBackend(LLMBackend):
 
     # The class-level view (``aios plugins`` lists it without a config): continuation is
     # only known per server, so it is off here and set per instance in ``__init__``.
-    capabilities = Capabilities(
+    capabilities = BackendCapabilities(
         token_boundary=True, continuation=False, kv_snapshot=False, engine_queue=True
     )
 
@@ -219,7 +219,7 @@ class OpenAIBackend(LLMBackend):
         self.config = config
         # Whether the server continues a final assistant message is a property of the
         # configured server, not of the class.
-        self.capabilities = Capabilities(
+        self.capabilities = BackendCapabilities(
             token_boundary=True,
             continuation=config.supports_continuation,
             kv_snapshot=False,
@@ -236,6 +236,11 @@ class OpenAIBackend(LLMBackend):
         seed = options.seed
         self._rng = random.Random(seed) if seed is not None else random.Random()
         self._client: AsyncOpenAI | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._api_key = config.api_key or os.environ.get("OPENAI_API_KEY") or "none"
+        self._base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL")
+                          or "https://api.openai.com/v1").rstrip("/")
+        self._chat_url = self._base_url + "/chat/completions"
         # What this server accepts, learnt at its first refusal (HTTP 400/422 naming the
         # field, or any 422 while we sent it): then never sent again by this instance.
         self._send_priority = config.priority_passthrough != "off"
@@ -251,22 +256,34 @@ class OpenAIBackend(LLMBackend):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = self._make_client()
+        if self._session is None:
+            self._session = self._make_session()
 
     async def close(self) -> None:
+        session, self._session = self._session, None
         client, self._client = self._client, None
+        if session is not None:
+            await session.close()
         if client is not None:
             await client.close()
 
-    def _make_client(self) -> AsyncOpenAI:
-        return AsyncOpenAI(
-            base_url=self.config.base_url,
-            api_key=self.config.api_key or os.environ.get("OPENAI_API_KEY") or "none",
-            # The SDK's own retries would retry invisibly and without our accounting.
-            max_retries=0,
-            timeout=self.config.timeout_s,
-        )
+    def _make_session(self) -> aiohttp.ClientSession:
+        """The chat stream's HTTP client (aiohttp: its C HTTP parser buffers what arrives
+        between two reads, so one read takes every event already there)."""
+        timeout = self.config.timeout_s
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+            connector=aiohttp.TCPConnector(limit=0),  # the kernel's window is the limit
+            trust_env=True,
+            headers={"Authorization": f"Bearer {self._api_key}",
+                     "User-Agent": "aios (openai-compatible)"})
+
+    def _sdk(self) -> AsyncOpenAI:
+        """The openai SDK client, made on first use: only for listing models."""
+        if self._client is None:
+            self._client = AsyncOpenAI(base_url=self._base_url, api_key=self._api_key,
+                                       max_retries=0, timeout=self.config.timeout_s)
+        return self._client
 
     @property
     def _where(self) -> str:

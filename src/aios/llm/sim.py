@@ -43,7 +43,7 @@ from aios.errors import (
     LLMError,
     RateLimited,
 )
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend, Resume
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend, Resume
 from aios.llm.stops import StopMatcher
 from aios.syscalls import ChatResult, LLMChat, ToolCallRequest, Usage
 
@@ -973,7 +973,7 @@ class SimBackend(LLMBackend):
     (not closed by the backend), e.g. with a direct no-kernel baseline.
     """
 
-    capabilities: Capabilities = Capabilities(
+    capabilities: BackendCapabilities = BackendCapabilities(
         token_boundary=True, continuation=True, kv_snapshot=False, engine_queue=True
     )
 

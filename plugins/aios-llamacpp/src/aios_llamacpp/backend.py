@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aios.config import LLMConfig, config_error
 from aios.errors import BackendUnavailable, ContextWindowExceeded, InvalidSyscall, LLMError
-from aios.llm.base import Capabilities, Chunk, GenerationRequest, LLMBackend
+from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend
 from aios.syscalls import LLMChat, ToolCallRequest, Usage
 from aios_llamacpp import _checks, _snapshot, _tools
 from aios_llamacpp._engine import Engine, EngineError, LoadOptions, Step, load_engine
@@ -89,7 +89,7 @@ class LlamaCppOptions(BaseModel):
 class LlamaCppBackend(LLMBackend):
     """One GGUF model in-process; one generation evaluates at a time."""
 
-    capabilities: Capabilities = Capabilities(
+    capabilities: BackendCapabilities = BackendCapabilities(
         token_boundary=True, continuation=True, kv_snapshot=True, engine_queue=False
     )
 
