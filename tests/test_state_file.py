@@ -236,6 +236,30 @@ async def test_holder_that_died_is_taken_over(tmp_path: Path) -> None:
         await db.close()
 
 
+async def test_a_reader_opens_a_held_file_without_owning_it(tmp_path: Path) -> None:
+    p = tmp_path / "state.db"
+    owner = StateDB(str(p))
+    await owner.open()
+    try:
+        reader = StateDB(str(p), exclusive=False)
+        await reader.open()
+        async with reader.conn.execute("SELECT kernel_id FROM kernel_owner") as cur:
+            assert await cur.fetchall() == [(owner.kernel_id,)]
+        await reader.close()
+        with pytest.raises(aios.ConfigError, match="in use"):  # still held by the owner
+            await StateDB(str(p)).open()
+    finally:
+        await owner.close()
+    bad = tmp_path / "bad.db"
+    _text(bad)
+    await _expect_refused_shared(bad)
+
+
+async def _expect_refused_shared(path: Path) -> None:
+    with pytest.raises(aios.ConfigError, match="not an SQLite database"):
+        await StateDB(str(path), exclusive=False).open()
+
+
 def test_kernel_ids_are_short_and_unique() -> None:
     ids = {StateDB(None).kernel_id for _ in range(200)}
     assert len(ids) == 200

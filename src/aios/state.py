@@ -218,10 +218,14 @@ class StateDB:
 
     ``kernel_id`` is a short random id (8 hex digits), fixed at construction, that the
     kernel uses to make its keys (checkpoints) unique across kernels that used the file.
+    ``exclusive=False`` opens without becoming the owner (no lock, no owner row), for
+    tools that read a file a kernel may be running on (``aios storage export``); the file
+    is validated all the same.
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, *, exclusive: bool = True) -> None:
         self.path = path or ":memory:"
+        self.exclusive = exclusive
         self.kernel_id = secrets.token_hex(4)
         self._conn: aiosqlite.Connection | None = None
         self._lock: _OwnerLock | None = None
@@ -249,7 +253,8 @@ class StateDB:
         # a thread hop.
         _check_file(self.path)
         lock = _OwnerLock(self.path)
-        lock.acquire(self.path, {**self.holder, "started": time.time()})
+        if self.exclusive:
+            lock.acquire(self.path, {**self.holder, "started": time.time()})
         new_side_files = _absent(f"{self.path}-wal", f"{self.path}-shm")
         try:
             self._conn = await self._connect_and_check()
@@ -270,11 +275,12 @@ class StateDB:
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA busy_timeout=5000")
             await conn.executescript(SCHEMA)
-            await conn.execute(
-                "INSERT OR REPLACE INTO kernel_owner (id, kernel_id, pid, host, started) "
-                "VALUES (1, ?, ?, ?, ?)",
-                (self.kernel_id, os.getpid(), socket.gethostname(), time.time()),
-            )
+            if self.exclusive:
+                await conn.execute(
+                    "INSERT OR REPLACE INTO kernel_owner (id, kernel_id, pid, host, started) "
+                    "VALUES (1, ?, ?, ?, ?)",
+                    (self.kernel_id, os.getpid(), socket.gethostname(), time.time()),
+                )
             await conn.commit()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
