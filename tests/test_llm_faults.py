@@ -93,7 +93,7 @@ async def test_without_usage_the_estimate_counts_words_so_max_tokens_holds_on_re
     backend = openai_backend(stub, supports_continuation=True)
     chunks = [c async for c in backend.generate(GenerationRequest(
         call=LLMChat(messages=USER, max_tokens=20), request_id="r"))]
-    assert [c.n_tokens for c in chunks[:-1]] == [2, 2]
+    assert sum(c.n_tokens for c in chunks[:-1]) == 4  # however the reads cut the events
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
     stub.reset(StubReply(events=[stub_chunk(" e"), stub_chunk(finish="length")]))
     resume = Resume(text="a b c d", completion_tokens=sum(c.n_tokens for c in chunks))
@@ -201,13 +201,16 @@ async def test_reasoning_is_kept_counted_and_a_token_boundary(stub: OpenAIStub) 
     assert result.reasoning == "Let me think."
     assert result.usage.completion_tokens == 4  # 3 words of reasoning, 1 of answer
     assert result.message == {"role": "assistant", "content": "Hi"}
-    # each reasoning delta is a chunk of its own: a boundary where preemption may happen
+    # reasoning deltas are chunks like text ones (the events of one read share a chunk):
+    # a boundary where preemption may happen
     stub.reset(StubReply(events=[stub_chunk(reasoning="a"), stub_chunk(reasoning="b"),
                                  stub_chunk(finish="stop")]))
     backend = openai_backend(stub)
     chunks = [c async for c in backend.generate(GenerationRequest(
         call=LLMChat(messages=USER), request_id="r"))]
-    assert [(c.reasoning, c.n_tokens) for c in chunks[:-1]] == [("a", 1), ("b", 1)]
+    assert "".join(c.reasoning for c in chunks[:-1]) == "ab"
+    assert all(c.reasoning and not c.text for c in chunks[:-1])
+    assert sum(c.n_tokens for c in chunks[:-1]) == 2
     await backend.close()
 
 
@@ -635,7 +638,7 @@ async def test_stream_options_given_as_a_dict_are_sent_as_given(stub: OpenAIStub
     chunks = [c async for c in backend.generate(GenerationRequest(
         call=LLMChat(messages=USER), request_id="r"))]
     assert stub.bodies[-1]["stream_options"] == wanted
-    assert [c.n_tokens for c in chunks[:-1]] == [3, 1]
+    assert sum(c.n_tokens for c in chunks[:-1]) == 4  # the running count, not the estimate
     await backend.close()
 
 

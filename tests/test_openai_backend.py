@@ -372,8 +372,11 @@ async def test_stream_token_by_token_with_usage(
     backend = backend_for()
     chunks = await collect(backend, request())
     *tokens, final = chunks
-    assert [c.text for c in tokens] == ["One", " two", " three"]
-    assert all(c.n_tokens == 1 and c.finish_reason is None for c in tokens)
+    # The events of one read come as one chunk (as many as the read held): the text and
+    # the count are what matter, not how they were cut.
+    assert "".join(c.text for c in tokens) == "One two three"
+    assert sum(c.n_tokens for c in tokens) == 3
+    assert all(c.finish_reason is None for c in tokens)
     assert final.text == ""
     assert final.finish_reason == "stop"
     assert final.usage == Usage(prompt_tokens=9, completion_tokens=3, cached_tokens=4)
@@ -433,7 +436,7 @@ async def test_truncated_stream_is_bad_response(
     got: list[str] = []
     with pytest.raises(BadResponse, match="finish_reason") as info:
         await drain_into(got, backend, req)
-    assert got == ["Hel", "lo"]
+    assert "".join(got) == "Hello"
     assert info.value.syscall is req.call
     assert len(stub.bodies) == 1
     assert backend.stats()["errors"] == 1
@@ -456,7 +459,7 @@ async def test_crash_after_tokens_is_not_retried(
     got: list[str] = []
     with pytest.raises(BackendUnavailable, match="mid-stream"):
         await drain_into(got, backend, request())
-    assert got == ["Hel", "lo"]
+    assert "".join(got) == "Hello"
     assert len(stub.bodies) == 1  # a retry would have duplicated "Hello"
     assert backend.stats()["retries"] == 0
 
@@ -680,7 +683,7 @@ async def test_stopping_between_tokens_releases_the_stream(
     stream = backend.generate(request())
     first = await anext(stream)
     await stream.aclose()  # type: ignore[attr-defined]
-    assert first.text == "a"
+    assert first.text.startswith("a")
     # The same backend keeps working afterwards.
     chunks = await collect(backend, request())
     assert chunks[-1].finish_reason == "stop"
@@ -760,8 +763,8 @@ async def test_sim_chat_streams_token_by_token_with_usage(
     # Long enough to fill a few of the prefix cache's 16-token blocks.
     prompt = "Explain how an operating system schedules many agents. " * 6
     *tokens, final = await collect(backend, chat_req(prompt, max_tokens=12))
-    assert len(tokens) == 12
-    assert all(c.n_tokens == 1 and c.text.strip() and c.finish_reason is None for c in tokens)
+    assert sum(c.n_tokens for c in tokens) == 12 == len("".join(c.text for c in tokens).split())
+    assert all(c.text.strip() and c.finish_reason is None for c in tokens)
     assert final.finish_reason == "length"
     assert final.model == "sim"
     assert final.usage is not None
@@ -770,7 +773,7 @@ async def test_sim_chat_streams_token_by_token_with_usage(
     # The same prompt again: the engine's prefix cache hits, and the count comes through
     # usage.prompt_tokens_details.cached_tokens.
     *again, final2 = await collect(backend, chat_req(prompt, max_tokens=12))
-    assert [c.text for c in again] == [c.text for c in tokens]
+    assert "".join(c.text for c in again) == "".join(c.text for c in tokens)
     assert final2.usage is not None
     assert final2.usage.cached_tokens >= 16
     stats = backend.stats()
@@ -809,14 +812,16 @@ async def _preempt_and_resume(
     whole = "".join(c.text for c in full)
     # Preempt after `after` tokens: close the iterator at a token boundary, as the kernel does.
     partial: list[str] = []
+    produced = 0
     stream = backend.generate(chat_req(max_tokens=max_tokens))
     async for chunk in stream:
         partial.append(chunk.text)
-        if len(partial) == after:
+        produced += chunk.n_tokens
+        if produced >= after:
             break
     await stream.aclose()  # type: ignore[attr-defined]
     done = "".join(partial)
-    resume = Resume(text=done, completion_tokens=len(partial))
+    resume = Resume(text=done, completion_tokens=produced)
     rest = await collect(backend, chat_req(max_tokens=max_tokens, resume=resume))
     return (
         whole,

@@ -1,11 +1,11 @@
 """The built-in ``openai`` backend: any OpenAI-compatible chat server over HTTP.
 
-It serves vLLM, SGLang, Ollama, the llama.cpp server, OpenAI itself and ``aios sim-serve``
-through the official ``openai`` SDK. It always streams, so the kernel can stop a generation
-between two tokens; it passes every sampling parameter of :class:`aios.syscalls.LLMChat`
-through unchanged (``n``/``logprobs`` are refused at the door: one choice, no logprobs
-come back), forwards the kernel's priority to engines that understand it, continues a
-preempted assistant message on servers that support ``continue_final_message``, and retries
+It serves vLLM, SGLang, Ollama, the llama.cpp server, ``transformers serve``, OpenAI itself
+and ``aios sim-serve``. It always streams, so the kernel can stop a generation between two
+tokens; it passes every sampling parameter of :class:`aios.syscalls.LLMChat` through
+unchanged (``n``/``logprobs`` are refused at the door: one choice, no logprobs come back),
+forwards the kernel's priority to engines that understand it, continues a preempted
+assistant message on servers that support ``continue_final_message``, and retries
 transient failures (5xx, connection errors, timeouts) itself with capped exponential
 backoff and full jitter. A 429 is reported at once as ``RateLimited``: the kernel is the
 only layer that retries rate limits, so its window narrows at the first one.
@@ -18,6 +18,22 @@ word-level engines such as ``aios sim-serve``, about 25% low for BPE English). R
 (``reasoning_content``/``reasoning`` deltas) is kept apart from the answer and counted.
 Options (``LLMConfig.options``) are validated: see :class:`OpenAIOptions`; a server that
 rejects ``stream_options`` is reached with ``options={"stream_options": False}``.
+
+The per-token path is cheap (issue 10; ``benchmarks/stream_cpu.py``): the stream is read
+with aiohttp, whose C parser buffers what arrives between two reads, so one read takes
+every event already received and they become one chunk; each event's JSON is parsed with
+the standard library and only the fields the kernel needs are read (no pydantic object
+per chunk, unlike the openai SDK's stream, which is used only to list models). The
+events of one read share a token boundary: the kernel can stop between reads.
+
+Servers that refuse a field: a 400/422 naming ``priority`` (or any 422 while it was sent)
+turns priority passthrough off for this instance, logged once as
+``llm.priority_unsupported``, and the request goes again at once, not counted as a retry.
+The same for ``continue_final_message``/``add_generation_prompt``
+(``llm.continuation_unsupported``): ``capabilities.continuation`` turns off and a resume
+is recomputed by this backend (the request sent as new, the output the kernel already
+has skipped; exact at temperature 0 on a deterministic engine), so the agent never sees
+the refusal.
 
 What it must never do: retry once a token has been handed to the kernel (that would
 duplicate output silently), let an SDK or ``httpx`` exception escape (every failure leaves
@@ -34,7 +50,7 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -300,14 +316,14 @@ class OpenAIBackend(LLMBackend):
                 f"{self._where} is not configured with supports_continuation",
                 syscall=call,
             )
-        if self._client is None:
-            # Tolerate a caller that skipped start(): creating the client does no I/O.
-            self._client = self._make_client()
-        client = self._client
+        if self._session is None:
+            # Tolerate a caller that skipped start(): creating the session does no I/O.
+            self._session = self._make_session()
+        session = self._session
         self._requests += 1
 
         if not self._model:
-            self._model = await self._default_model(client)
+            self._model = await self._default_model()
         # A resume on a server found unable to continue: recompute (see _Recompute).
         redo = _Recompute(resume) if resume is not None and not self._send_continuation \
             else None
@@ -322,7 +338,7 @@ class OpenAIBackend(LLMBackend):
                     model=self._model or self.config.model,
                 )
                 return
-        kwargs = self._request_kwargs(request, max_tokens)
+        body = self._request_body(request, max_tokens)
 
         attempt = 0
         delivered = 0  # content chunks already yielded: after the first, no retry
@@ -331,27 +347,34 @@ class OpenAIBackend(LLMBackend):
             try:
                 when, which = _deadline(request, delivered)
                 with anyio.CancelScope(deadline=when) as scope:
-                    stream: AsyncStream[ChatCompletionChunk] = (
-                        await client.chat.completions.create(stream=True, **kwargs))
+                    response = await session.post(self._chat_url, data=json.dumps(body),
+                                                  headers=_JSON_HEADERS)
                 if scope.cancelled_caught:
                     raise self._timeout(call, which)
-                async with stream:
-                    chunks = stream.__aiter__()
-                    while True:
+                try:
+                    if response.status >= 300:
+                        raise await _status_error(response)
+                    # The per-token path: one read takes every event already received
+                    # (one chunk for all of them), parsing only the fields needed.
+                    read, sse, done = response.content.readany, _SSEDecoder(), False
+                    while not done:
                         # Each wait is bounded by the call's deadlines, not only per read:
                         # keep-alive comments or a silent server cannot hold the call.
                         when, which = _deadline(request, delivered)
                         with anyio.CancelScope(deadline=when) as scope:
-                            raw = await anext(chunks, None)
+                            data = await read()
                         if scope.cancelled_caught:
                             raise self._timeout(call, which)
-                        if raw is None:
+                        if not data:
                             break
-                        for chunk in self._absorb(raw, state, call):
-                            if redo is not None and not redo.fresh(chunk):
-                                continue
-                            delivered += 1
-                            yield chunk
+                        chunk, done = self._absorb(sse.feed(data), state, call)
+                        if chunk is None or (redo is not None and not redo.fresh(chunk)):
+                            continue
+                        delivered += 1
+                        yield chunk
+                finally:
+                    # Unread: the connection closes, so the server drops the request.
+                    response.release()
                 if state.finish_reason is None:
                     raise BadResponse(
                         f"the server at {self._where} ended the stream without a "
@@ -362,16 +385,17 @@ class OpenAIBackend(LLMBackend):
             except LLMError:
                 self._errors += 1
                 raise
-            except (openai.OpenAIError, ValueError) as exc:
-                if delivered == 0 and self._refused_field(exc, kwargs):
+            except (_StatusError, _StreamError, aiohttp.ClientError, TimeoutError,
+                    ValueError) as exc:
+                if delivered == 0 and self._refused_field(exc, body):
                     # The server refuses a field it does not know: sent no more by this
                     # instance, and this request goes again at once (not a retry).
                     if resume is not None and not self._send_continuation and redo is None:
                         redo = _Recompute(resume)
                         max_tokens = call.max_tokens
-                    kwargs = self._request_kwargs(request, max_tokens)
+                    body = self._request_body(request, max_tokens)
                     continue
-                failure = await self._classify(exc, call, client)
+                failure = await self._classify(exc, call)
                 if failure.retryable and delivered == 0 and attempt < self.config.max_retries:
                     delay = self._delay(attempt, failure.retry_after)
                     when, which = _deadline(request, delivered)
@@ -425,8 +449,9 @@ class OpenAIBackend(LLMBackend):
             model=state.model or self._model,
         )
 
-    def _request_kwargs(self, request: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
-        """The body of the chat completion request: every LLMChat field, none dropped."""
+    def _request_body(self, request: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
+        """The body of the chat completion request: every LLMChat field, none dropped
+        (``extra`` last, as the SDK's ``extra_body``)."""
         call = request.call
         messages: list[dict[str, Any]] = list(call.messages)
         extra_body: dict[str, Any] = dict(call.extra)
@@ -445,7 +470,8 @@ class OpenAIBackend(LLMBackend):
             messages.append(partial)
             extra_body["continue_final_message"] = True
             extra_body["add_generation_prompt"] = False
-        kwargs: dict[str, Any] = {"model": self._model or "default", "messages": messages}
+        kwargs: dict[str, Any] = {"model": self._model or "default", "messages": messages,
+                                  "stream": True}
         stream_options = self.options.stream_options
         if stream_options is True:
             kwargs["stream_options"] = {"include_usage": True}
@@ -462,20 +488,20 @@ class OpenAIBackend(LLMBackend):
             "response_format": call.response_format,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
-        if extra_body:
-            kwargs["extra_body"] = extra_body
+        kwargs.update(extra_body)
         return kwargs
 
-    def _refused_field(self, exc: Exception, kwargs: dict[str, Any]) -> bool:
+    def _refused_field(self, exc: Exception, body: dict[str, Any]) -> bool:
         """Whether ``exc`` is the server refusing ``priority`` or the continuation fields
         (``continue_final_message``, ``add_generation_prompt``) that we sent: an HTTP 400
         or 422 naming one, or any 422 while we sent one (FastAPI/pydantic servers such as
         ``transformers serve`` answer an unknown field with 422). Then that field is
         turned off for this instance, once, with a log line; True means "send again"."""
-        if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422):
+        if not isinstance(exc, _StatusError) or exc.status_code not in (400, 422):
             return False
-        extra = kwargs.get("extra_body") or {}
-        priority, continuation = "priority" in extra, "continue_final_message" in extra
+        # Only what this backend adds: a field the caller put in ``extra`` stays its own.
+        priority = self._send_priority and "priority" in body
+        continuation = self._send_continuation and "continue_final_message" in body
         if not (priority or continuation):
             return False
         said = f"{exc.message} {exc.body!r}".lower()
@@ -497,70 +523,92 @@ class OpenAIBackend(LLMBackend):
             return True
         return False
 
-    def _absorb(self, raw: ChatCompletionChunk, state: _StreamState, call: LLMChat
-                ) -> list[Chunk]:
-        """Fold one streamed chunk into ``state``; return its text/reasoning as chunks.
+    def _absorb(self, events: list[bytes], state: _StreamState, call: LLMChat
+                ) -> tuple[Chunk | None, bool]:
+        """Fold the SSE data of one read into ``state``: its text and reasoning as one
+        chunk (None if it had none), and whether ``[DONE]`` came.
 
-        The SDK builds chunks without validation, so a server that sends the wrong shape
-        shows up here as attribute or type errors: those are a BadResponse.
+        Only the fields the kernel needs are read from each event's JSON (no model
+        objects). A server sending the wrong shape shows up as attribute, type or value
+        errors: a BadResponse. An event carrying ``error`` is the server's failure.
         """
+        texts: list[str] = []
+        thoughts: list[str] = []
+        n = 0
         try:
-            out: list[Chunk] = []
-            if raw.model:
-                state.model = str(raw.model)
-            before = state.counted
-            for choice in raw.choices or ():
-                if choice.index not in (0, None):
-                    continue  # n > 1 is refused at the door: ignore stray choices
-                delta = choice.delta
-                if delta is not None:
-                    text = str(delta.content) if delta.content else ""
-                    thought = (getattr(delta, "reasoning_content", None)
-                               or getattr(delta, "reasoning", None))
-                    thought = str(thought) if thought else ""
-                    if text or thought:
-                        n = _estimate_tokens(text) + _estimate_tokens(thought)
-                        state.counted += n
-                        state.deltas += 1
-                        out.append(Chunk(text=text, reasoning=thought, n_tokens=n))
-                    for tc in delta.tool_calls or ():
-                        self._absorb_tool_call(tc, state)
-                if choice.finish_reason:
-                    state.finish_reason = str(choice.finish_reason)
-            if raw.usage is not None:
-                details = raw.usage.prompt_tokens_details
-                cached = details.cached_tokens if details is not None else None
-                state.usage = usage = Usage(
-                    prompt_tokens=int(raw.usage.prompt_tokens or 0),
-                    completion_tokens=int(raw.usage.completion_tokens or 0),
-                    cached_tokens=int(cached or 0),
-                )
-                if out and usage.completion_tokens:
-                    # Usage on a content chunk: the server's running count (vLLM's
-                    # continuous_usage_stats) replaces the estimate.
-                    others = sum(c.n_tokens for c in out[:-1])
-                    out[-1].n_tokens = max(0, usage.completion_tokens - before - others)
-                    state.counted = before + others + out[-1].n_tokens
-            return out
+            for payload in events:
+                if payload.startswith(b"[DONE]"):
+                    return _chunk(texts, thoughts, n), True
+                event = json.loads(payload)
+                if not isinstance(event, dict):
+                    raise TypeError(f"an event is a {type(event).__name__}, not an object")
+                if event.get("error"):
+                    raise _StreamError(event["error"])
+                model = event.get("model")
+                if model:
+                    state.model = str(model)
+                before = state.counted
+                k = 0
+                for choice in event.get("choices") or ():
+                    if choice.get("index") not in (0, None):
+                        continue  # n > 1 is refused at the door: ignore stray choices
+                    delta = choice.get("delta")
+                    if delta:
+                        text = delta.get("content")
+                        thought = delta.get("reasoning_content") or delta.get("reasoning")
+                        if text:
+                            text = str(text)
+                            texts.append(text)
+                            k += _estimate_tokens(text)
+                        if thought:
+                            thought = str(thought)
+                            thoughts.append(thought)
+                            k += _estimate_tokens(thought)
+                        if k:
+                            state.counted += k
+                            state.deltas += 1
+                        for tc in delta.get("tool_calls") or ():
+                            self._absorb_tool_call(tc, state)
+                    reason = choice.get("finish_reason")
+                    if reason:
+                        state.finish_reason = str(reason)
+                usage = event.get("usage")
+                if usage:
+                    details = usage.get("prompt_tokens_details") or {}
+                    state.usage = counts = Usage(
+                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                        cached_tokens=int(details.get("cached_tokens") or 0),
+                    )
+                    if k and counts.completion_tokens:
+                        # Usage on a content event: the server's running count (vLLM's
+                        # continuous_usage_stats) replaces the estimate.
+                        k = max(0, counts.completion_tokens - before)
+                        state.counted = before + k
+                n += k
         except (AttributeError, TypeError, ValueError) as exc:
             raise BadResponse(
                 f"the server at {self._where} sent a malformed stream chunk: {exc}", syscall=call
             ) from exc
+        return _chunk(texts, thoughts, n), False
 
     @staticmethod
-    def _absorb_tool_call(tc: Any, state: _StreamState) -> None:
-        index = tc.index if isinstance(tc.index, int) else None
-        parts = state.tool_call(index, str(tc.id) if tc.id else "")
-        if tc.id:
-            parts.id = str(tc.id)
-        fn = tc.function
-        if fn is not None:
+    def _absorb_tool_call(tc: dict[str, Any], state: _StreamState) -> None:
+        index = tc.get("index")
+        call_id = tc.get("id")
+        call_id = str(call_id) if call_id else ""
+        parts = state.tool_call(index if isinstance(index, int) else None, call_id)
+        if call_id:
+            parts.id = call_id
+        fn = tc.get("function")
+        if fn:
+            name, arguments = fn.get("name"), fn.get("arguments")
             # A name repeated whole on later deltas (some servers) is not appended.
-            if fn.name and fn.name != parts.name:
-                parts.name += str(fn.name)
-            if fn.arguments:
-                parts.arguments.append(str(fn.arguments))
-                state.counted += _estimate_tokens(str(fn.arguments))
+            if name and name != parts.name:
+                parts.name += str(name)
+            if arguments:
+                parts.arguments.append(str(arguments))
+                state.counted += _estimate_tokens(str(arguments))
 
     def _timeout(self, call: LLMChat, which: str, detail: str = "") -> LLMTimeout:
         cfg = self.config
@@ -571,15 +619,15 @@ class OpenAIBackend(LLMBackend):
 
     # -- failures ------------------------------------------------------------------------
 
-    async def _classify(self, exc: Exception, call: LLMChat, client: AsyncOpenAI) -> _Failure:
-        """Map an SDK failure to the aios error it becomes, and say if a retry may help."""
+    async def _classify(self, exc: Exception, call: LLMChat) -> _Failure:
+        """Map an HTTP failure to the aios error it becomes, and say if a retry may help."""
         where = self._where
-        if isinstance(exc, openai.APIStatusError):
+        if isinstance(exc, _StatusError):
             status = exc.status_code
             message = _server_message(exc)
-            retry_after = _retry_after(exc)
+            retry_after = _retry_after(exc.headers)
             # One table for both directions (aios.llm.wire), shared with sim-serve.
-            cls = error_class_from_wire(status, exc.code if isinstance(exc.code, str) else None)
+            cls = error_class_from_wire(status, exc.code)
             if cls is RateLimited:
                 return _Failure(
                     RateLimited(
@@ -603,7 +651,7 @@ class OpenAIBackend(LLMBackend):
                     status=status,
                 )
             if cls is ModelNotFound:
-                available = await self._available_models(client)
+                available = await self._available_models()
                 return _Failure(
                     ModelNotFound(
                         f"model {self._model!r} not found at {where} (404): {message}"
@@ -629,19 +677,16 @@ class OpenAIBackend(LLMBackend):
                 ),
                 status=status,
             )
-        if isinstance(exc, openai.APIConnectionError):
-            # Includes APITimeoutError; also what a connection cut mid-stream becomes.
+        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+            # Refused, reset, read timeouts (timeout_s); also what a connection cut
+            # mid-stream (a broken chunked body) becomes.
             return _Failure(
                 BackendUnavailable(
                     f"cannot reach the server at {where}: {_describe(exc)}", syscall=call
                 ),
                 retryable=True,
             )
-        if isinstance(exc, openai.APIResponseValidationError):
-            return _Failure(
-                BadResponse(f"the server at {where} sent an invalid response: {exc}", syscall=call)
-            )
-        if isinstance(exc, openai.APIError):
+        if isinstance(exc, _StreamError):
             # An error event inside the stream (vLLM reports engine failures this way).
             message = _server_message(exc)
             if _is_context_error(exc, message):
@@ -674,22 +719,22 @@ class OpenAIBackend(LLMBackend):
         ceiling = min(self._backoff_cap_s, self._backoff_base_s * (2.0**attempt))
         return self._rng.uniform(0.0, ceiling)
 
-    async def _available_models(self, client: AsyncOpenAI) -> list[str]:
+    async def _available_models(self) -> list[str]:
         """Best effort: the model ids the server lists, or [] if it cannot tell."""
         try:
             with anyio.fail_after(_MODELS_LIST_TIMEOUT_S):
-                listed = client.with_options(timeout=_MODELS_LIST_TIMEOUT_S).models.list()
+                listed = self._sdk().with_options(timeout=_MODELS_LIST_TIMEOUT_S).models.list()
                 return sorted([str(m.id) async for m in listed])
         except Exception:  # a decoration of another error must never replace it
             return []
 
-    async def _default_model(self, client: AsyncOpenAI) -> str:
+    async def _default_model(self) -> str:
         """No model configured: single-model servers (vLLM, llama.cpp, sim-serve) list one.
 
         Returns "" when the server cannot tell, so the next request asks again instead of
         remembering a guess; that request then goes out with the placeholder "default".
         """
-        models = await self._available_models(client)
+        models = await self._available_models()
         return models[0] if models else ""
 
     # -- counters ------------------------------------------------------------------------
@@ -728,7 +773,90 @@ def _base_url_hint(base_url: str | None) -> str:
             f"serve under {fixed}")
 
 
-def _server_message(exc: openai.APIError) -> str:
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+class _StatusError(Exception):
+    """An HTTP error answer: its status, the ``error`` object of its JSON body (or the
+    whole body), the error code and the headers."""
+
+    def __init__(self, status: int, text: str, headers: Mapping[str, str]) -> None:
+        try:
+            body: Any = json.loads(text) if text else None
+        except ValueError:
+            body = text
+        if isinstance(body, dict):
+            body = body.get("error", body)
+        code = body.get("code") if isinstance(body, dict) else None
+        self.status_code = status
+        self.body = body
+        self.code = code if isinstance(code, str) else None
+        self.headers = headers
+        self.message = f"Error code: {status} - {text.strip()}" if text else f"Error code: {status}"
+        super().__init__(self.message)
+
+
+class _StreamError(Exception):
+    """An error event inside the stream (vLLM reports engine failures this way)."""
+
+    def __init__(self, error: Any) -> None:
+        self.body = error
+        code = error.get("code") if isinstance(error, dict) else None
+        self.code = code if isinstance(code, str) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        self.message = (message if isinstance(message, str) and message
+                        else "An error occurred during streaming")
+        super().__init__(self.message)
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> _StatusError:
+    try:
+        text = await response.text(errors="replace")
+    except (aiohttp.ClientError, TimeoutError):
+        text = ""
+    return _StatusError(response.status, text, response.headers)
+
+
+class _SSEDecoder:
+    """Server-sent events to their data payloads (bytes), across reads. The common event
+    (one ``data:`` line) costs one slice; comments (keep-alives), ``event:``/``id:``
+    fields and empty events are skipped; CR and CRLF line ends are accepted (WHATWG
+    "event stream interpretation")."""
+
+    __slots__ = ("tail",)
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self.tail + data if self.tail else data
+        cr = b""
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):  # maybe the first half of a CRLF: wait for the rest
+                buf, cr = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = buf.split(b"\n\n")
+        self.tail = events.pop() + cr
+        out: list[bytes] = []
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:
+                out.append(event[6:])
+            elif event:
+                lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+                if lines:
+                    out.append(b"\n".join(x[1:] if x.startswith(b" ") else x for x in lines))
+        return out
+
+
+def _chunk(texts: list[str], thoughts: list[str], n: int) -> Chunk | None:
+    """One chunk for the text and reasoning of one read (None when there is none)."""
+    if not (texts or thoughts):
+        return None
+    return Chunk(text=texts[0] if len(texts) == 1 else "".join(texts),
+                 reasoning="".join(thoughts), n_tokens=n)
+
+
+def _server_message(exc: _StatusError | _StreamError) -> str:
     """The server's own words: ``error.message`` of the body when it has one."""
     body = exc.body
     if isinstance(body, dict):
@@ -740,14 +868,13 @@ def _server_message(exc: openai.APIError) -> str:
     return exc.message
 
 
-def _is_context_error(exc: openai.APIError, message: str) -> bool:
+def _is_context_error(exc: _StatusError | _StreamError, message: str) -> bool:
     code = exc.code or ""
     return bool(_CONTEXT_RE.search(message) or _CONTEXT_RE.search(code))
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
-    headers = exc.response.headers
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
