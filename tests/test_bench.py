@@ -151,3 +151,33 @@ async def test_workload_tools_are_called_between_llm_calls(system: str) -> None:
     assert s["tool_calls"] == 6 * 2 * 2
     assert set(s["per_class_tool"]) == {"a"}
     assert "Per-class tool call latency" in markdown([s])
+
+
+# -- issue 10: real-engine options ------------------------------------------------------
+
+
+def test_window_then_headroom_then_the_workloads() -> None:
+    assert Target(window=3, headroom=9).window_for(5, 8) == 3
+    assert Target(headroom=0).window_for(5, 8) == 8
+    assert Target(headroom=2).window_for(None, 8) == 10
+    assert Target().window_for(5, 8) == 5
+    assert Target().window_for(None, 8) is None
+
+
+def test_cli_rejects_a_negative_headroom(capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    assert main(["bench", "fairness", "--headroom", "-1", "--out", str(tmp_path)]) == 2
+    assert "--headroom" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("system", ["baseline", "priority"])
+async def test_over_http_both_systems_stream_and_report_cpu_per_token(system: str) -> None:
+    from aios.testing import sim_server
+
+    with sim_server("--slots", "2", "--time-scale", "0") as sim:
+        target = Target(backend="openai", base_url=sim.base_url, slots=2, headroom=0,
+                        continuation=True)
+        s = summarize(await run_system(system, tiny(agents=4), target))
+    assert (s["completed"], s["errors"]) == (4, 0)
+    assert s["cpu_us_per_token"] > 0
+    assert s["reprefill_tokens"] >= 0 and s["bumps"] >= 0

@@ -38,6 +38,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model name on --base-url")
     p.add_argument("--slots", type=positive_int, default=8,
                    help="the server's concurrent generations (--base-url; sim: from workload)")
+    p.add_argument("--window", type=positive_int,
+                   help="the kernel's admission window (default: the workload's, else "
+                        "slots plus the kernel's headroom)")
+    p.add_argument("--headroom", type=int,
+                   help="window = slots + HEADROOM (requests the engine may queue; 0: none)")
+    p.add_argument("--continuation", action="store_true",
+                   help="--base-url continues a preempted assistant message "
+                        "(continue_final_message: vLLM, sim-serve)")
     p.add_argument("--seed", type=int, help="override the workload's seed")
     p.add_argument("--out", help="output directory (default benchmarks/out/WORKLOAD-TIME)")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-kernel baseline")
@@ -129,8 +137,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--policy names no policy", key="--policy")
     _check_policies(policies)
     systems = ([] if args.no_baseline else ["baseline"]) + policies
+    if args.headroom is not None and args.headroom < 0:
+        raise ConfigError(f"--headroom must be >= 0, got {args.headroom}", key="--headroom")
+    knobs = {"window": args.window, "headroom": args.headroom}
     target = (Target(backend="openai", base_url=args.base_url, model=args.model,
-                     slots=args.slots) if args.base_url else Target(backend="sim"))
+                     slots=args.slots, continuation=args.continuation, **knobs)
+              if args.base_url else Target(backend="sim", **knobs))
     out = Path(args.out) if args.out else Path("benchmarks/out") / (
         f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_writable(out)  # before the runs, not after them

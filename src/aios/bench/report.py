@@ -92,6 +92,9 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "reprefill_tokens": r.reprefill_tokens,
         "bumps": r.bumps,
         "cpu_s": r.cpu_s,
+        # This process's CPU per completion token (the client's cost; with an in-process
+        # sim engine it includes the engine's).
+        "cpu_us_per_token": r.cpu_s / tokens * 1e6 if tokens else None,
         "peak_rss_mb": r.peak_rss_mb,
     }
     return out
@@ -109,8 +112,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| system | makespan s | ACT mean s | ACT p50 s | ACT p99 s | agents/min | tokens/s "
         "| efficiency | Jain | errors | 429s | ctx sw | re-prefill tok | bumps | CPU s "
-        "| peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU us/tok | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r["act"]
@@ -120,7 +123,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {_f(r['efficiency'], '.3f')} | {_f(r['jain'], '.3f')} | {r['errors']} "
             f"| {r['rate_limited']} | {r['context_switches']} | {r.get('reprefill_tokens', 0)} "
             f"| {r.get('bumps', 0)} | {_f(r['cpu_s'], '.1f')} "
-            f"| {_f(r['peak_rss_mb'], '.0f')} |")
+            f"| {_f(r.get('cpu_us_per_token'), '.1f')} | {_f(r['peak_rss_mb'], '.0f')} |")
     classes = sorted({c for r in rows for c in r["per_class"]})
     if len(classes) > 1:
         tables = [("per_class", "agent completion time (s)"),

@@ -22,6 +22,8 @@ import anyio
 import aios
 from aios.bench.workload import AgentSpec, Workload, sample_agents
 from aios.errors import AIOSError, RateLimited
+from aios.llm.base import GenerationRequest
+from aios.llm.openai_backend import OpenAIBackend
 from aios.llm.sim import SimBackend, SimEngine, engine_config_from_options
 from aios.tools.function import Tool
 
@@ -47,6 +49,19 @@ class Target:
     model: str = ""
     slots: int = 8
     max_retries: int = 5
+    window: int | None = None
+    """The kernel's admission window (default: the workload's, else the kernel's)."""
+    headroom: int | None = None
+    """Window = slots + headroom (when ``window`` is unset): requests the engine queues."""
+    continuation: bool = False
+    """The server continues a preempted assistant message (``supports_continuation``)."""
+
+    def window_for(self, workload_window: int | None, slots: int) -> int | None:
+        if self.window is not None:
+            return self.window
+        if self.headroom is not None:
+            return slots + self.headroom
+        return workload_window
 
 
 @dataclass(slots=True)
@@ -208,10 +223,12 @@ async def _run_kernel(policy: str, specs: list[AgentSpec], workload: Workload,
     sched: dict[str, Any] = dict(workload.kernel)
     if policy.endswith(NOPREEMPT):
         policy, sched["preempt"] = policy[: -len(NOPREEMPT)], False
+    slots = target.slots if engine is None else engine.config.slots
     llm = aios.LLMConfig(
         name="default", backend=target.backend, base_url=target.base_url,
-        model=target.model, max_concurrency=target.slots if engine is None else
-        engine.config.slots, window=workload.window, max_retries=target.max_retries)
+        model=target.model, max_concurrency=slots,
+        window=target.window_for(workload.window, slots), max_retries=target.max_retries,
+        supports_continuation=target.continuation and engine is None)
     config = aios.KernelConfig(
         scheduler=aios.SchedulerConfig(policy=policy, **sched), llm=[llm])
     backends = {"default": SimBackend.from_engine(engine, llm)} if engine is not None else {}
@@ -254,26 +271,29 @@ async def _run_baseline(specs: list[AgentSpec], workload: Workload, target: Targ
 
         await _baseline_agents(specs, call, result, t0, on_done, target.max_retries, tool)
         return
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=target.base_url, api_key="none", max_retries=0)
+    # The kernel's own HTTP client and stream parse, called directly and concurrently:
+    # the baseline streams as the kernel does, so both pay the same client cost.
+    backend = OpenAIBackend(aios.LLMConfig(
+        name="baseline", backend="openai", base_url=target.base_url, model=target.model,
+        max_concurrency=target.slots, max_retries=0))
+    await backend.start()
+    seq = 0
 
     async def call_http(msgs: list[dict[str, Any]], max_tokens: int) -> int:
-        try:
-            r = await client.chat.completions.create(
-                model=target.model, messages=msgs,  # type: ignore[arg-type]
-                max_tokens=max_tokens, temperature=0.0)
-        except openai.RateLimitError as exc:
-            raise RateLimited(str(exc)) from exc
-        except openai.OpenAIError as exc:
-            raise aios.BackendUnavailable(str(exc)) from exc
-        return r.usage.completion_tokens if r.usage else 0
+        nonlocal seq
+        seq += 1
+        request = GenerationRequest(call=aios.LLMChat(messages=msgs, max_tokens=max_tokens,
+                                                      temperature=0.0), request_id=f"b{seq}")
+        n = 0
+        async for chunk in backend.generate(request):
+            n = chunk.usage.completion_tokens if chunk.usage is not None else n + chunk.n_tokens
+        return n
 
     try:
         await _baseline_agents(specs, call_http, result, t0, on_done, target.max_retries,
                                tool)
     finally:
-        await client.close()
+        await backend.close()
 
 
 def _baseline_tool(workload: Workload) -> ToolFn:
