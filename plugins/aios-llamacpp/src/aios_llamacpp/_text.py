@@ -14,62 +14,45 @@ from __future__ import annotations
 import codecs
 from collections.abc import Sequence
 
+from aios.llm.stops import StopMatcher
+
 __all__ = ["TextStream"]
 
 
 class TextStream:
-    """Accumulates decoded text; :meth:`feed` returns what is safe to emit now."""
+    """Accumulates decoded text; :meth:`feed` returns what is safe to emit now.
+
+    UTF-8 decoding is here; stop strings are kernel's one matcher,
+    :class:`aios.llm.stops.StopMatcher`."""
 
     def __init__(self, stops: Sequence[str] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = tuple(s for s in stops if s)
-        self._text = ""
-        self._emitted = 0
-        self.stopped = False
+        self._matcher = StopMatcher(stops)
+        self._out: list[str] = []
+
+    @property
+    def stopped(self) -> bool:
         """A stop string was found; nothing after it is ever emitted."""
+        return self._matcher.stopped
 
     @property
     def emitted(self) -> str:
-        return self._text[: self._emitted]
+        return "".join(self._out)
 
     def feed(self, piece: bytes) -> str:
         """Add one token's bytes; return the newly safe text (possibly empty)."""
         if self.stopped:
             return ""
-        self._text += self._decoder.decode(piece)
-        return self._advance(final=False)
+        return self._emit(self._matcher.feed(self._decoder.decode(piece))[0])
 
     def finish(self) -> str:
         """The generation ended: flush incomplete bytes and any held-back tail."""
         if self.stopped:
             return ""
-        self._text += self._decoder.decode(b"", final=True)
-        return self._advance(final=True)
+        text, hit = self._matcher.feed(self._decoder.decode(b"", final=True))
+        return self._emit(text if hit else text + self._matcher.flush())
 
-    def _advance(self, *, final: bool) -> str:
-        start = self._emitted
-        # A stop string cannot begin before `start`: text already emitted was, when emitted,
-        # not the beginning of any stop string (that tail would have been held back).
-        hit = -1
-        for stop in self._stops:
-            i = self._text.find(stop, start)
-            if i != -1 and (hit == -1 or i < hit):
-                hit = i
-        if hit != -1:
-            self.stopped = True
-            self._emitted = hit
-            return self._text[start:hit]
-        end = len(self._text)
-        if not final:
-            end -= self._held_back(self._text[start:])
-        self._emitted = end
-        return self._text[start:end]
-
-    def _held_back(self, tail: str) -> int:
-        """Length of the longest suffix of ``tail`` that some stop string starts with."""
-        longest = max((len(s) for s in self._stops), default=0)
-        for n in range(min(len(tail), longest - 1), 0, -1):
-            suffix = tail[-n:]
-            if any(s.startswith(suffix) for s in self._stops):
-                return n
-        return 0
+    def _emit(self, text: str) -> str:
+        if text:
+            self._out.append(text)
+        return text
