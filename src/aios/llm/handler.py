@@ -67,9 +67,13 @@ class LLMResource:
     config: LLMConfig
     backend: LLMBackend
     queue: ResourceQueue
-    caps: BackendCapabilities
     owned: bool = True
     """Created by this kernel (closed with it); a lent backend is never closed here."""
+
+    @property
+    def caps(self) -> BackendCapabilities:
+        """Read live: a backend may learn a server refuses continuation, say."""
+        return self.backend.capabilities
 
     @property
     def preemptible(self) -> bool:
@@ -120,7 +124,7 @@ class LLMHandler(SyscallHandler):
         queue = self.services.resource(f"llm:{name}", window, slots=cfg.max_concurrency)
         if lent is None:
             await backend.start()
-        self.resources[name] = LLMResource(name, cfg, backend, queue, caps, owned=lent is None)
+        self.resources[name] = LLMResource(name, cfg, backend, queue, owned=lent is None)
 
     def _make_backend(self, cfg: LLMConfig) -> LLMBackend:
         try:
