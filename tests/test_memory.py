@@ -8,6 +8,7 @@ memory manager.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,11 +30,12 @@ from aios.errors import (
 )
 from aios.memory.client import MemoryClient
 from aios.memory.handler import MemoryHandler
-from aios.memory.store import fts_query
+from aios.memory.store import SCHEMA_VERSION, fts_query, tf_weight
 from aios.plugins import PluginRegistry
 from aios.scheduler.policies import FifoPolicy
 from aios.scheduler.queue import ResourceQueue
 from aios.state import StateDB
+from aios.syscalls.memory import MemoryItem
 
 # -- fakes of the kernel side -----------------------------------------------------------
 
@@ -406,15 +408,54 @@ async def test_newer_schema_is_refused_and_older_is_kept(tmp_path: Path) -> None
         i = await client(h, "ann").add("survives")
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_versions WHERE component='memory'"
-                          ).fetchone() == (1,)
+                          ).fetchone() == (SCHEMA_VERSION,)
         db.execute("UPDATE schema_versions SET version = 99 WHERE component = 'memory'")
     with pytest.raises(MemoryStoreError, match=r"schema version 99.*newer"):
         async with memory(path):
             pass
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_versions SET version = 1 WHERE component = 'memory'")
-    async with memory(path) as h:
+    async with memory(path) as h:  # the 1 -> 2 upgrade is idempotent on version 2 tables
         assert (await client(h, "ann").get(i)).text == "survives"
+        assert [x.id for x in await client(h, "ann").search("survive")] == [i]
+
+
+async def test_version_1_file_is_upgraded(tmp_path: Path) -> None:
+    """A version 1 file (FTS5 index kept by triggers) gets the postings of version 2."""
+    path = str(tmp_path / "s.db")
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER);
+            INSERT INTO schema_versions VALUES ('memory', 1);
+            CREATE TABLE memory_namespaces (nsid INTEGER PRIMARY KEY, name TEXT UNIQUE,
+                nbytes INTEGER NOT NULL DEFAULT 0, items INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE memory_items (seq INTEGER PRIMARY KEY, id TEXT UNIQUE,
+                namespace TEXT, nskey TEXT, text TEXT, metadata TEXT, nbytes INTEGER,
+                created REAL, updated REAL);
+            CREATE VIRTUAL TABLE memory_fts USING fts5(text, nskey, content='memory_items',
+                content_rowid='seq');
+            CREATE TRIGGER memory_items_ai AFTER INSERT ON memory_items BEGIN
+                INSERT INTO memory_fts(rowid, text, nskey) VALUES (new.seq, new.text,
+                new.nskey);
+                UPDATE memory_namespaces SET nbytes = nbytes + new.nbytes, items = items + 1
+                    WHERE name = new.namespace;
+            END;
+            INSERT INTO memory_namespaces (name) VALUES ('agent:ann'), ('agent:bob');
+            INSERT INTO memory_items VALUES
+                (1, 'a1', 'agent:ann', 'n1', 'the cat sat', '{}', 11, 0, 0),
+                (2, 'a2', 'agent:ann', 'n1', 'cats and cats', '{}', 13, 0, 0),
+                (3, 'b1', 'agent:bob', 'n2', 'a cat of bob', '{}', 12, 0, 0);
+        """)
+    async with memory(path) as h:
+        ann = client(h, "ann")
+        assert [x.id for x in await ann.search("cat")] == ["a2", "a1"]  # tf 2 first
+        assert [x.id for x in await client(h, "bob").search("cat")] == ["b1"]
+        new = await ann.add("a new cat")
+        assert new in {x.id for x in await ann.search("cat")}
+        assert await h.store.usage("agent:ann") == 24 + len("a new cat")  # type: ignore[union-attr]
+    with sqlite3.connect(path) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert "memory_fts" not in names and "memory_postings" in names
 
 
 async def test_every_error_is_a_syscall_error() -> None:
@@ -514,3 +555,54 @@ async def test_common_words_are_pruned_from_queries_with_rarer_ones(
         assert [x.id for x in await m.search("the zebra", k=3)] == [rare]  # "the" dropped
         assert len(await m.search("the entry", k=50)) == 21  # all common: the rarest kept
         assert [x.id for x in await m.search("zebras", k=3)] == [rare]    # stemmed
+
+
+# -- property: the threshold algorithm returns the exhaustive BM25 top k -------------------
+
+_TERMS = ["ka", "lo", "mi", "ne", "su", "ta"]
+
+
+def _bm25_top(docs: list[list[str]], query: list[str], k: int) -> list[int]:
+    """Brute force: every document scored over every query term, ties by position."""
+    n = len(docs)
+    avgdl = sum(map(len, docs)) / n
+    df = {t: sum(t in d for d in docs) for t in query}
+    scores = []
+    for i, d in enumerate(docs):
+        s = sum(math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+                * tf_weight(d.count(t), len(d), avgdl) for t in query if t in d)
+        if any(t in d for t in query):
+            scores.append((-round(s, 9), i))
+    return [i for _, i in sorted(scores)[:k]]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(st.lists(st.sampled_from(_TERMS), min_size=1, max_size=6),
+                     min_size=1, max_size=60),
+       query=st.lists(st.sampled_from(_TERMS), min_size=1, max_size=4, unique=True),
+       k=st.integers(1, 8), first=st.sampled_from([1, 2, 16]))
+def test_early_exit_equals_exhaustive_ranking(docs: list[list[str]], query: list[str],
+                                              k: int, first: int) -> None:
+    anyio.run(_check_ranking, docs, query, k, first)
+
+
+async def _check_ranking(docs: list[list[str]], query: list[str], k: int,
+                         first: int) -> None:
+    import aios.memory.store as store
+
+    old = store.FIRST_BATCH
+    store.FIRST_BATCH = first   # short reads: the bound decides more often
+    try:
+        async with memory() as h:
+            assert h.store is not None
+            items = [MemoryItem(id=f"m{i}", namespace="agent:ann", text=" ".join(d),
+                                metadata={}, created=0.0, updated=0.0)
+                     for i, d in enumerate(docs)]
+            await h.store.write(items)
+            await h.store.write([MemoryItem(id="other", namespace="agent:bob",
+                                            text=" ".join(_TERMS), metadata={},
+                                            created=0.0, updated=0.0)])
+            hits = await h.store.search("agent:ann", " ".join(query), k)
+            assert [x.id for x in hits] == [f"m{i}" for i in _bm25_top(docs, query, k)]
+    finally:
+        store.FIRST_BATCH = old

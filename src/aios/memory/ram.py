@@ -180,6 +180,9 @@ class RamTier:
         self.policy = policy
         self.entries: dict[str, Cached] = {}
         self.bytes = 0
+        # ids put dirty, in put order, a superset of the dirty entries (the handler
+        # marks entries clean itself): dirty() costs O(dirty), not O(entries)
+        self._maybe_dirty: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -201,6 +204,8 @@ class RamTier:
             self.bytes -= old.cost
         self.entries[c.item.id] = c
         self.bytes += c.cost
+        if c.dirty:
+            self._maybe_dirty[c.item.id] = None
         self.policy.reference(c.item.id)
 
     def victims(self, room: int, *, spare: str | None = None) -> list[Cached]:
@@ -243,4 +248,12 @@ class RamTier:
         return c
 
     def dirty(self) -> Iterator[Cached]:
-        return (c for c in self.entries.values() if c.dirty)
+        """The dirty entries, in the order they were put (new memories: add order)."""
+        out: list[Cached] = []
+        for key in list(self._maybe_dirty):
+            c = self.entries.get(key)
+            if c is None or not c.dirty:
+                del self._maybe_dirty[key]
+            else:
+                out.append(c)
+        return iter(out)
