@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "efficiency": eng["ideal_s"] / makespan if eng and makespan else None,
         "engine_mean_batch": eng.get("mean_batch") if eng else None,
         "engine_steps_per_s": eng["steps"] / makespan if eng and makespan else None,
+        "error_kinds": dict(Counter(a.error.split(":")[0] for a in r.agents if a.error)),
+        "error_sample": next((a.error for a in r.agents if a.error), None),
         "context_switches": r.context_switches,
         "reprefill_tokens": r.reprefill_tokens,
         "bumps": r.bumps,
@@ -141,6 +143,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     cells.append(f"{_f(pc['p50'], '.3f')} / {_f(pc['p99'], '.3f')}"
                                  if pc else "-")
                 lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r.get("error_kinds")]
+    if failed:
+        lines += ["", "Errors (by type; the first one in full):", ""]
+        for r in failed:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["error_kinds"].items()))
+            lines.append(f"- {r['system']}: {kinds}; e.g. {r['error_sample']}")
     return "\n".join(lines)
 
 

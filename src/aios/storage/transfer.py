@@ -150,7 +150,9 @@ def run_storage_command(args: argparse.Namespace) -> int:
 async def _transfer(cfg: KernelConfig, state: str, args: argparse.Namespace) -> Transfer:
     from aios.storage.handler import load_store
 
-    db = StateDB(state)
+    # Export only reads: it may run beside a kernel holding the file. Import writes: it
+    # must own the file like a kernel does.
+    db = StateDB(state, exclusive=args.storage_command == "import")
     await db.open()
     try:
         store = load_store(cfg.storage, PluginRegistry(autoload=cfg.autoload_plugins), db)
