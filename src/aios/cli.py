@@ -188,7 +188,22 @@ async def _run(args: argparse.Namespace, agent: Callable[..., Awaitable[Any]],
         out.print(_ps_table(kernel.ps(), f"summary: {args.n} agents in "
                             f"{time.perf_counter() - t0:.2f}s, policy "
                             f"{cfg.scheduler.policy}"))
+        _print_schedule(out, procs)
     return 1 if failed else 0
+
+
+def _print_schedule(out: Any, procs: Sequence[Process[Any]]) -> None:
+    """What the kernel did: the order agents finished in against their priorities, and
+    every context switch with its checkpoint save and restore figures."""
+    ended = sorted((p for p in procs if p.ended_at is not None), key=lambda p: p.ended_at or 0)
+    out.print("served (finish order): " + " -> ".join(
+        f"{p.name} (priority {p.priority})" for p in ended))
+    for p in procs:
+        for sw in p.switch_log:
+            out.print(f"  context switch: {p.name} preempted after {sw.tokens} tokens; "
+                      f"checkpoint {sw.save_bytes:,} bytes saved in {sw.save_s * 1e3:.1f} ms, "
+                      f"restored from {sw.restored} ({sw.restore_bytes:,} bytes) in "
+                      f"{sw.restore_s * 1e3:.1f} ms")
 
 
 def _approver(mode: str, console: Any) -> Any:
