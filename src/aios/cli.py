@@ -196,7 +196,7 @@ def _print_schedule(out: Any, procs: Sequence[Process[Any]]) -> None:
     """What the kernel did: the order agents finished in against their priorities, and
     every context switch with its checkpoint save and restore figures."""
     ended = sorted((p for p in procs if p.ended_at is not None), key=lambda p: p.ended_at or 0)
-    out.print("served (finish order): " + " -> ".join(
+    out.print("finished in this order -> " + " -> ".join(
         f"{p.name} (priority {p.priority})" for p in ended))
     for p in procs:
         for sw in p.switch_log:
