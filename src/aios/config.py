@@ -13,13 +13,10 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -27,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from aios._strict import DEPTH, StrictModel
 from aios.access.capabilities import GroupPolicy
 from aios.errors import ConfigError
 
@@ -46,26 +44,8 @@ __all__ = [
 # AIOS_* variables that are not config keys.
 _NOT_CONFIG = frozenset({"AIOS_CONFIG"})
 
-_DEPTH: ContextVar[int] = ContextVar("aios_config_depth", default=0)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __init__(self, **data: Any) -> None:
-        # Built in code, a bad value is a ConfigError too (naming the key), not a bare
-        # pydantic ValidationError: one error tree for every way of configuring.
-        # Only the outermost model converts: nested ones let pydantic merge their errors
-        # so the key path stays the config's own (scheduler.policy, not SchedulerConfig).
-        token = _DEPTH.set(_DEPTH.get() + 1)
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            if _DEPTH.get() > 1:
-                raise
-            raise config_error(exc, prefix=type(self).__name__) from None
-        finally:
-            _DEPTH.reset(token)
+_DEPTH = DEPTH
+_Strict = StrictModel
 
 
 class SchedulerConfig(_Strict):

@@ -21,8 +21,9 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
+from aios._strict import StrictModel
 from aios.errors import ConfigError, PathInvalid
 from aios.storage.paths import normalize
 
@@ -72,27 +73,9 @@ def check_glob(text: Any, what: str, *, charset: re.Pattern[str] | None = _GLOB_
     return text
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **data: Any) -> None:
-        # Built in code, a bad value is a ConfigError naming the field (as KernelConfig
-        # does); nested in the config, pydantic reports it under the config's own key
-        # (the config's nesting depth says which).
-        from aios.config import _DEPTH, config_error  # late: the config imports us
-
-        token = _DEPTH.set(_DEPTH.get() + 1)
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            if _DEPTH.get() > 1:
-                raise
-            raise config_error(exc, prefix=type(self).__name__) from None
-        finally:
-            _DEPTH.reset(token)
 
 
-class Capabilities(_Model):
+class Capabilities(StrictModel):
     """What one process (or every process of a group) may use. ``None``: inherit.
 
     * ``tools``: a list of tool-name patterns (an allowlist: anything else is denied),
@@ -184,7 +167,7 @@ class Capabilities(_Model):
         return out
 
 
-class Quota(_Model):
+class Quota(StrictModel):
     """Limits on one process (or, as a group's ``quota``, on all of its processes
     together). ``None``: no limit. Counted by the kernel's own accounting
     (``proc.info()``); going over raises :class:`aios.QuotaExceeded` at the next syscall
