@@ -3,7 +3,6 @@ accounts them per process, built-ins are opt-in, and a failing tool harms no one
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
@@ -11,8 +10,7 @@ import anyio.lowlevel
 import pytest
 
 import aios
-from aios.syscalls import ToolCallRequest
-from aios.testing import ScriptedLLM, ScriptedReply
+from aios.testing import ScriptedLLM, ScriptedReply, ScriptedToolCall
 
 
 @aios.tool
@@ -28,9 +26,8 @@ async def explode(why: str) -> str:
 
 
 def calls(*specs: tuple[str, dict[str, Any] | str]) -> ScriptedReply:
-    return ScriptedReply("", tuple(
-        ToolCallRequest(id=f"c{i}", name=n, arguments=a if isinstance(a, str) else json.dumps(a))
-        for i, (n, a) in enumerate(specs)))
+    return ScriptedReply(tool_calls=tuple(
+        ScriptedToolCall(id=f"c{i}", name=n, arguments=a) for i, (n, a) in enumerate(specs)))
 
 
 async def researcher(ctx: aios.Context, question: str) -> list[dict[str, Any]]:

@@ -8,16 +8,14 @@ import json
 from typing import Any
 
 import aios
-from aios.syscalls import ToolCallRequest
-from aios.testing import ScriptedLLM, ScriptedReply
+from aios.testing import ScriptedLLM, ScriptedReply, ScriptedToolCall
 
 STATE_TOOLS = ["memory_search", "memory_add", "files_list", "files_read", "files_write"]
 
 
 def calls(*specs: tuple[str, dict[str, Any] | str]) -> ScriptedReply:
-    return ScriptedReply("", tuple(
-        ToolCallRequest(id=f"c{i}", name=n, arguments=a if isinstance(a, str) else json.dumps(a))
-        for i, (n, a) in enumerate(specs)))
+    return ScriptedReply(tool_calls=tuple(
+        ScriptedToolCall(id=f"c{i}", name=n, arguments=a) for i, (n, a) in enumerate(specs)))
 
 
 async def tool_loop(ctx: aios.Context) -> list[str]:

@@ -32,25 +32,21 @@ from typing import Any
 import anyio
 
 from aios.llm.base import BackendCapabilities, Chunk, GenerationRequest, LLMBackend
-from aios.syscalls import ToolCallRequest, Usage
+from aios.llm.sim import ScriptedReply, ScriptedToolCall
+from aios.syscalls import Usage
 
 __all__ = [
     "EchoLLM",
     "OpenAIStub",
     "ScriptedLLM",
     "ScriptedReply",
+    "ScriptedToolCall",
     "SimServer",
     "StubReply",
     "openai_stub",
     "sim_server",
     "stub_chunk",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptedReply:
-    text: str = ""
-    tool_calls: tuple[ToolCallRequest, ...] = ()
 
 
 class ScriptedLLM(LLMBackend):
@@ -74,8 +70,9 @@ class ScriptedLLM(LLMBackend):
         default: str = "ok",
         token_delay: float = 0.0,
     ) -> None:
-        self._script = [r if isinstance(r, ScriptedReply) else ScriptedReply(r) for r in replies]
-        self._default = ScriptedReply(default)
+        self._script = [r if isinstance(r, ScriptedReply) else ScriptedReply(text=r)
+                        for r in replies]
+        self._default = ScriptedReply(text=default)
         self.token_delay = token_delay
         self.requests: list[GenerationRequest] = []
         self._assigned: dict[str, ScriptedReply] = {}
@@ -101,7 +98,7 @@ class ScriptedLLM(LLMBackend):
         prompt = sum(len(str(m.get("content", "")).split()) for m in request.call.messages)
         prompt += start  # a continuation's prompt includes what it continues
         finish = "tool_calls" if reply.tool_calls else "length" if end < len(words) else "stop"
-        yield Chunk(finish_reason=finish, tool_calls=list(reply.tool_calls) or None,
+        yield Chunk(finish_reason=finish, tool_calls=reply.requests(len(self.requests)) or None,
                     usage=Usage(prompt_tokens=prompt, completion_tokens=end - start),
                     model="scripted")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import anyio
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aios.config import LLMConfig, config_error
 from aios.errors import (
@@ -68,19 +68,40 @@ log = structlog.get_logger("aios.llm.sim")
 
 
 class ScriptedToolCall(BaseModel):
+    """A scripted tool call; ``arguments`` as an object, or as the raw string a model sent
+    (which may be invalid JSON on purpose); ``id`` default: derived from the request."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     arguments: dict[str, Any] | str = Field(default_factory=dict)
+    id: str | None = None
 
 
 class ScriptedReply(BaseModel):
-    """One canned reply of ``SimEngineConfig.script``: text, or a tool call."""
+    """One canned reply: text, or tool calls. Used by the sim engine's ``script`` and by
+    :class:`aios.testing.ScriptedLLM` alike (``tool_call = {...}`` is shorthand for one)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     text: str = ""
-    tool_call: ScriptedToolCall | None = None
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_tool_call(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tool_call" in data:
+            data = dict(data)
+            one = data.pop("tool_call")
+            data["tool_calls"] = (*data.get("tool_calls", ()), *((one,) if one else ()))
+        return data
+
+    def requests(self, key: int) -> list[ToolCallRequest]:
+        """The tool calls as a model sends them (ids from ``key`` when not scripted)."""
+        return [ToolCallRequest(
+            id=tc.id or f"call_{key & 0xFFFFFFFF:08x}_{i}", name=tc.name,
+            arguments=tc.arguments if isinstance(tc.arguments, str) else json.dumps(tc.arguments),
+        ) for i, tc in enumerate(self.tool_calls)]
 
 
 class SimEngineConfig(BaseModel):
@@ -319,7 +340,7 @@ class _Seq:
     priority: int
     request_id: str
     words: list[str] | None
-    tool_call: ToolCallRequest | None
+    tool_calls: list[ToolCallRequest] | None
     finish_reason: str
     produced: int = 0
     state: int = _WAITING
@@ -388,7 +409,7 @@ class _Counters:
 @dataclass(frozen=True, slots=True)
 class _Reply:
     words: list[str] | None
-    tool_call: ToolCallRequest | None
+    tool_calls: list[ToolCallRequest] | None
     limit: int
     finish_reason: str
 
@@ -572,14 +593,9 @@ class SimEngine:
             if idx is not None:
                 item = self._script[idx]
         if item is not None:
-            if item.tool_call is not None:
-                args = item.tool_call.arguments
-                tc = ToolCallRequest(
-                    id=f"call_{key & 0xFFFFFFFF:08x}",
-                    name=item.tool_call.name,
-                    arguments=args if isinstance(args, str) else json.dumps(args),
-                )
-                return _Reply(None, tc, min(self._cfg.tool_call_tokens, max_tokens), "tool_calls")
+            if item.tool_calls:
+                return _Reply(None, item.requests(key),
+                              min(self._cfg.tool_call_tokens, max_tokens), "tool_calls")
             words = item.text.split() or [""]
             if len(words) <= max_tokens:
                 return _Reply(words, None, len(words), "stop")
@@ -602,7 +618,8 @@ class SimEngine:
                     name=_tool_name(tool),
                     arguments=_tool_arguments(tool, key),
                 )
-                return _Reply(None, tc, min(self._cfg.tool_call_tokens, max_tokens), "tool_calls")
+                return _Reply(None, [tc], min(self._cfg.tool_call_tokens, max_tokens),
+                              "tool_calls")
         return _Reply(None, None, max_tokens, "length")
 
     def _enqueue(self, request: GenerationRequest) -> _Seq:
@@ -647,7 +664,7 @@ class SimEngine:
             priority=request.priority,
             request_id=request.request_id,
             words=reply.words,
-            tool_call=reply.tool_call,
+            tool_calls=reply.tool_calls,
             finish_reason=reply.finish_reason,
         )
         resume = request.resume
@@ -875,10 +892,9 @@ class SimStream:
                 else:
                     idx = _token_index(seq.key, pos)
                     tid = _VOCAB_IDS[idx]
-                    if seq.tool_call is not None:
-                        text = ""
-                    else:
-                        text = _VOCAB[idx] if pos == 0 else _VOCAB_SPACED[idx]
+                    # (a tool call's tokens carry no text)
+                    spaced = _VOCAB[idx] if pos == 0 else _VOCAB_SPACED[idx]
+                    text = "" if seq.tool_calls else spaced
                 if self._stop is not None and text:
                     text, hit = self._stop.feed(text)
                     if hit:
@@ -928,7 +944,7 @@ class SimStream:
             token_ids=token_ids,
             n_tokens=n_tokens,
             finish_reason=reason,
-            tool_calls=[seq.tool_call] if reason == "tool_calls" and seq.tool_call else None,
+            tool_calls=seq.tool_calls if reason == "tool_calls" else None,
             usage=Usage(
                 prompt_tokens=len(seq.prompt_ids),
                 completion_tokens=self._pos - seq.start,
