@@ -89,10 +89,14 @@ class LLMHandler(SyscallHandler):
     def __init__(self, services: KernelServices) -> None:
         super().__init__(services)
         self.resources: dict[str, LLMResource] = {}
+        self.same_clock = False
         self.ckpt = CheckpointStore(services.db,
                                     kv_cap_bytes=services.config.checkpoint_kv_cap_bytes)
 
     async def start(self) -> None:
+        # Whether the event loop's clock is time.monotonic (asyncio): then a deadline for
+        # the backend's cancel scopes needs no anyio.current_time() call per segment.
+        self.same_clock = abs(anyio.current_time() - time.monotonic()) < 0.001
         lent: Mapping[str, LLMBackend] = self.services.options.get("backends") or {}
         for name, backend in lent.items():
             if not isinstance(backend, LLMBackend):
@@ -179,12 +183,45 @@ class _Generation:
     """One ``llm.chat`` syscall across its admissions: what it produced so far and where
     it stands. Text deltas go to the caller as they come; the result comes last."""
 
+    __slots__ = (
+        "awaiting_first",
+        "bumped",
+        "call",
+        "ckpt",
+        "emitted",
+        "final",
+        "first_by",
+        "held",
+        "kv",
+        "must_save",
+        "n_out",
+        "parts",
+        "pending",
+        "preemptible",
+        "produced",
+        "prompt_est",
+        "reasoning",
+        "rejections",
+        "res",
+        "resume",
+        "resumed_tokens",
+        "same_clock",
+        "sc",
+        "seg_out",
+        "service_s",
+        "stream",
+        "t0",
+        "token_ids",
+        "total_by",
+    )
+
     def __init__(self, handler: LLMHandler, res: LLMResource, sc: SyscallContext,
                  call: LLMChat) -> None:
         self.res = res
         self.sc = sc
         self.call = call
         self.ckpt = _Checkpointer(handler.ckpt, res, sc, call)
+        self.same_clock = handler.same_clock and res.queue.clock is time.monotonic
         self.preemptible = res.preemptible and res.backend.preemptible(call)
         self.parts: list[str] = []
         self.reasoning: list[str] = []
@@ -287,7 +324,8 @@ class _Generation:
     async def _settle(self) -> None:
         # Every token generated is accounted, also for a stream left early or a killed
         # agent (service was charged as it accrued).
-        self.sc.account(tokens_in=self._prompt_tokens(), tokens_out=self.n_out, llm_calls=1)
+        self.sc.account(tokens_in=self._prompt_tokens(), tokens_out=self.n_out, llm_calls=1,
+                        service_s=self.service_s)
         await self.ckpt.discard()
 
     async def _admission(self, entry: Entry) -> Slot:
@@ -336,7 +374,8 @@ class _Generation:
         # waits in the kernel's own queue (the scheduler's choice, bounded by quotas).
         left_s = cfg.total_timeout_s - self.service_s
         self.first_by, self.total_by = t0 + cfg.first_token_timeout_s, t0 + left_s
-        now_a = anyio.current_time()
+        # anyio's clock, for the backend's cancel scopes (on asyncio: time.monotonic)
+        now_a = t0 if self.same_clock else anyio.current_time()
         entry.cost = self.prompt_est + self.n_out
         self.stream = stream = self.res.backend.generate(GenerationRequest(
             call=self.call, request_id=sc.sid, priority=entry.priority, resume=self.resume,
@@ -397,8 +436,7 @@ class _Generation:
         slot.service = float(self.seg_out) + self._prefill()
         self.sc.charge(slot.service - self.seg_out)
         elapsed = self.res.queue.clock() - self.t0
-        self.service_s += elapsed
-        self.sc.account(service_s=elapsed)
+        self.service_s += elapsed  # (accounted to the process once, when the call ends)
 
     async def _first_chunk(self, entry: Entry, chunks: AsyncIterator[Chunk]) -> Chunk | None:
         """Wait for the segment's first chunk. Until it comes the request is most likely
