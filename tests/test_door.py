@@ -339,3 +339,71 @@ async def test_the_watchdog_names_an_agent_that_blocks_the_loop() -> None:
         await anyio.sleep(0.1)
         assert k.watchdog is not None
         assert any(agent == "hog" for agent, _ in k.watchdog.stalls)
+
+
+# -- found by a new user: spawning under another's name, stray cancellations --------------
+
+
+async def test_an_agent_cannot_spawn_a_child_under_another_agents_name() -> None:
+    async def writer(ctx: aios.Context) -> None:
+        await ctx.storage.write("secrets.md", "mine")
+        await ctx.memory.add("writer memory secret")
+
+    async def mallory(ctx: aios.Context, kernel: aios.Kernel) -> Any:
+        async def child(cc: aios.Context) -> Any:
+            await cc.storage.write("secrets.md", "overwritten")
+
+        return await kernel.spawn(child, name="writer").wait()
+
+    async with aios.Kernel(cfg(), backends={"default": EchoLLM()}) as k:
+        await k.spawn(writer, name="writer").wait()
+        with pytest.raises(aios.PermissionDenied, match="may spawn only under its own name"):
+            await k.spawn(mallory, k, name="mallory").wait()
+
+        async def read(ctx: aios.Context) -> bytes:
+            return await ctx.storage.read("secrets.md")
+
+        assert await k.spawn(read, name="writer").wait() == b"mine"
+
+
+async def test_a_child_gets_a_derived_name_and_stays_in_its_parents_group() -> None:
+    async def parent(ctx: aios.Context, kernel: aios.Kernel) -> tuple[str, str]:
+        async def child(cc: aios.Context) -> tuple[str, str]:
+            return cc.name, cc.group
+
+        mine = await kernel.spawn(child).wait()
+        with pytest.raises(aios.PermissionDenied, match="its own group"):
+            kernel.spawn(child, group="other")
+        named = await kernel.spawn(child, name=f"{ctx.name}.helper").wait()
+        assert named == (f"{ctx.name}.helper", ctx.group)
+        return mine
+
+    async with aios.Kernel(cfg(), backends={"default": EchoLLM()}) as k:
+        name, group = await k.spawn(parent, k, name="boss", group="team").wait()
+    assert name.startswith("boss.child-") and group == "team"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", ".", "agent:x", "group:x", "a\\b"])
+async def test_names_that_would_address_other_spaces_are_refused(bad: str) -> None:
+    async def agent(ctx: aios.Context) -> None:
+        return None
+
+    async with aios.Kernel(cfg(), backends={"default": EchoLLM()}) as k:
+        with pytest.raises(aios.ProcessError, match="may not contain"):
+            k.spawn(agent, name=bad)
+        with pytest.raises(aios.ProcessError, match="may not contain"):
+            k.spawn(agent, group=bad)
+
+
+async def test_a_stray_cancellation_raised_by_an_agent_fails_only_that_agent() -> None:
+    async def stray(ctx: aios.Context) -> None:
+        raise anyio.get_cancelled_exc_class()()
+
+    async def ok(ctx: aios.Context) -> str:
+        return (await ctx.llm.chat(MSG)).text
+
+    async with aios.Kernel(cfg(), backends={"default": EchoLLM("fine")}) as k:
+        with pytest.raises(aios.ProcessError, match="raised a cancellation itself"):
+            await k.spawn(stray).wait()
+        with anyio.fail_after(10):
+            assert await k.spawn(ok).wait() == "fine"

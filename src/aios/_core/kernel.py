@@ -27,7 +27,7 @@ from aios._core.watchdog import Watchdog
 from aios.abc import SyscallHandler
 from aios.config import KernelConfig
 from aios.context import Context
-from aios.errors import ConfigError, KernelClosedError, ProcessError
+from aios.errors import ConfigError, KernelClosedError, PermissionDenied, ProcessError
 from aios.llm.base import LLMBackend
 from aios.log import make_logger
 from aios.plugins import PluginRegistry
@@ -124,6 +124,7 @@ class Kernel:
         self.door = Door(self._log, self.id)
         self._tg: TaskGroup | None = None
         self._entered = False
+        self._exiting = False
         self.watchdog: Watchdog | None = None
         self._watchdog_scope: anyio.CancelScope | None = None
         self.access: AccessManager | None = None
@@ -227,6 +228,7 @@ class Kernel:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         assert self._tg is not None
+        self._exiting = True
         if self.config.on_exit == "cancel" or et is not None:
             for proc in self._procs.values():
                 proc.kill()
@@ -348,8 +350,14 @@ class Kernel:
 
             self.access = AccessManager(self.config.access)  # on from now on
             self.add_guard(self.access.guard)
+        if parent is not None and group is not None and group != parent.group:
+            raise PermissionDenied(f"{parent.name!r} (pid {parent.pid}) may spawn only into "
+                                   f"its own group {parent.group!r}, not {group!r}")
         pid = next(self._pids)
-        pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
+        if parent is not None:
+            pname = _child_name(parent, name, agent, pid)
+        else:
+            pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
         default_group = parent.group if parent is not None else pname
         proc: Process[T] = Process(self, pid, pname, group or default_group, priority)
         if self.access is not None:
@@ -387,6 +395,16 @@ class Kernel:
                     f"process {proc.pid} ({proc.name}) called sys.exit({exc.code!r})")
                 outcome = ProcessState.FAILED
                 log.warning("process.exited", code=exc.code)
+            except anyio.get_cancelled_exc_class():
+                if scope.cancel_called or self._shutting_down():
+                    raise  # a kill, or the kernel ending: cancellation as it should be
+                # The agent raised a cancellation nobody asked for: its own failure, not
+                # a cancellation of the kernel's task group.
+                proc._exc = ProcessError(
+                    f"process {proc.pid} ({proc.name}) raised a cancellation itself "
+                    "(CancelledError) without being cancelled")
+                outcome = ProcessState.FAILED
+                log.warning("process.failed", error="stray CancelledError")
             finally:
                 proc._outcome = outcome
                 proc.ended_at = time.time()
@@ -395,6 +413,9 @@ class Kernel:
 
     def ps(self) -> list[ProcessInfo]:
         return [p.info() for p in self._procs.values()]
+
+    def _shutting_down(self) -> bool:
+        return self._tg is None or self._tg.cancel_scope.cancel_called or self._exiting
 
     def _caller(self) -> Process[Any] | None:
         """The process of this kernel whose code is running (None: the app's code)."""
@@ -426,12 +447,32 @@ class Kernel:
 
 
 def _check_name(what: str, value: Any) -> None:
+    """A process or group name keys memory namespaces and storage spaces: printable, at
+    most ``_NAME_MAX`` characters, and none of the characters that address spaces
+    (``/`` in paths, ``:`` in ``agent:``/``group:`` prefixes), nor ``.`` or ``..``."""
     if value is None:
         return
     if not isinstance(value, str) or not value or len(value) > _NAME_MAX or not all(
             c.isprintable() for c in value):
         raise ProcessError(f"{what} must be a non-empty printable str of at most {_NAME_MAX} "
                            f"characters, got {value!r}")
+    if any(c in value for c in "/\\:") or value in (".", ".."):
+        raise ProcessError(f"{what} {value!r} may not contain '/', '\\' or ':' nor be "
+                           "'.' or '..' (it names a memory namespace and a storage space)")
+
+
+def _child_name(parent: Process[Any], name: str | None, agent: Any, pid: int) -> str:
+    """An agent spawning may name its child only with its own name (the same program's
+    memory and files) or a name derived from it, ``<parent>.<suffix>``: never another
+    agent's, whose private memory and files that name would open."""
+    if name is None:
+        return f"{parent.name}.{getattr(agent, '__name__', 'agent')}-{pid}"
+    if name != parent.name and not name.startswith(parent.name + "."):
+        raise PermissionDenied(
+            f"{parent.name!r} (pid {parent.pid}) may spawn only under its own name or "
+            f"{parent.name + '.<suffix>'!r}, not {name!r}: that name keys another agent's "
+            "memory and files")
+    return name
 
 
 def _code_of(agent: Any) -> Any:
