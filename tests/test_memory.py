@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -286,6 +287,24 @@ async def test_bad_text_and_metadata() -> None:
             await m.update(i, text="")
         item = await m.get(i)
         assert (item.text, item.metadata) == ("kept", {})
+        assert [x.id for x in await m.search("kept")] == [i]
+
+
+@pytest.mark.parametrize(("verb", "named"), [
+    ("add", "memory text holds a lone surrogate '\\ud800' (U+D800) at index 2"),
+    ("add_meta", "metadata holds a lone surrogate"),
+    ("update", "memory text holds a lone surrogate"),
+    ("search", "the query holds a lone surrogate"),
+])
+async def test_lone_surrogates_are_refused_by_name(verb: str, named: str) -> None:
+    async with memory() as h:
+        m = client(h, "ann")
+        i = await m.add("kept")
+        calls = {"add": lambda: m.add("ab\ud800"), "add_meta": lambda: m.add("ok", {"k": "\udfff"}),
+                 "update": lambda: m.update(i, text="\ud800"),
+                 "search": lambda: m.search("kept \ud800")}
+        with pytest.raises(MemoryStoreError, match=re.escape(named)):
+            await calls[verb]()
         assert [x.id for x in await m.search("kept")] == [i]
 
 

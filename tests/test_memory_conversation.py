@@ -81,13 +81,21 @@ async def test_conversations_are_told_apart_by_name() -> None:
         assert [x.text for x in await b.recall("apples")] == ["user: apples are green"]
 
 
-def test_bad_arguments_and_estimate() -> None:
-    with pytest.raises(ValueError, match="budget_tokens"):
-        aios.Conversation(object(), budget_tokens=0)
+@pytest.mark.parametrize("bad", [{"budget_tokens": 0}, {"budget_tokens": -5},
+                                 {"budget_tokens": "100"}, {"keep_last": 0},
+                                 {"keep_last": 2.5}])
+def test_bad_arguments_are_config_errors(bad: dict[str, object]) -> None:
+    [key] = bad
+    with pytest.raises(aios.ConfigError, match=f"^{key}: must be an integer >= 1") as info:
+        aios.Conversation(object(), **bad)  # type: ignore[arg-type]
+    assert info.value.key == key
+
+
+def test_estimate() -> None:
     assert estimate_tokens("") == 0 and estimate_tokens("abcde") == 2
 
 
 async def test_a_message_must_have_a_role() -> None:
     conv = aios.Conversation(object())
-    with pytest.raises(ValueError, match="role"):
+    with pytest.raises(aios.InvalidSyscall, match="role"):
         await conv.append({"content": "x"})

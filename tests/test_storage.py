@@ -157,7 +157,8 @@ async def count(h: StorageHandler, table: str) -> int:
 
 
 def test_normalize_canonical_forms() -> None:
-    assert normalize("a//b/./c/") == "a/b/c"
+    assert normalize("a//b/./c") == "a/b/c"
+    assert normalize("a//b/./c/", allow_empty=True) == "a/b/c"  # a listing's prefix
     assert normalize("./notes.md") == "notes.md"
     # NFC: a decomposed e-acute and the composed one are one name
     assert normalize("caf\u0065\u0301.md") == normalize("caf\u00e9.md") == "caf\u00e9.md"
@@ -176,6 +177,8 @@ def test_normalize_canonical_forms() -> None:
     ("/".join(["d" * 200] * 10), "at most 1024"),
     ("", "empty"),
     ("./", "empty"),
+    ("\ud800.txt", "lone surrogate (U+D800)"),
+    ("dir/", "ends with '/'"),
 ])
 def test_normalize_rejects(path: str, why: str) -> None:
     with pytest.raises(PathInvalid, match=re.escape(why)):
@@ -196,6 +199,10 @@ def test_spaces_own_group_and_others() -> None:
         paths.resolve(sc, "group:/x")
     with pytest.raises(PathInvalid, match=re.escape("'..'")):
         paths.resolve(sc, "group:lab/../alice/x")
+    for bare in ("agent:alice", "agent:alice/", "group:lab"):
+        with pytest.raises(PathInvalid, match=r"expected '(agent|group):<name>/<file>'"):
+            paths.resolve(sc, bare)
+    assert paths.resolve(sc, "group:lab", allow_empty=True).path == ""  # a listing
     # a name cannot pose as a group's space
     assert not paths.may_access(FakeSC("group:lab", "x"), "group:lab", True)
 
@@ -348,6 +355,27 @@ async def test_group_space_is_shared_and_other_spaces_unreachable() -> None:
         with pytest.raises(PathInvalid):
             await bob.write("/alice/plan.md", "x")
         assert await alice.read("group:lab/plan.md") == b"shared"
+
+
+@pytest.mark.parametrize(("first", "second", "named"), [
+    ("dir/inner.txt", "dir", "'dir' is the directory of 'dir/inner.txt'"),
+    ("dir", "dir/inner.txt", "'dir' is a file"),
+    ("a", "a/b/c/d.md", "'a' is a file"),
+    ("a/b/c.md", "a/b", "'a/b' is the directory of 'a/b/c.md'"),
+])
+async def test_a_path_is_never_both_a_file_and_a_directory(first: str, second: str,
+                                                           named: str) -> None:
+    async with storage() as h:
+        sp = Space(h, "alice")
+        await sp.write(first, "x")
+        with pytest.raises(PathInvalid, match=re.escape(named)):
+            await sp.write(second, "y")
+        assert [i.path for i in await sp.list()] == [first]
+        await sp.write("dir0", "a sibling whose name sorts just after 'dir/'")
+        await sp.delete(first)  # once the file is gone, the name is free again
+        await sp.write(second, "y")
+        with pytest.raises(PathInvalid, match=re.escape(second)):
+            await sp.rollback(first, 1)  # nor can a rollback bring the clash back
 
 
 async def test_unicode_spellings_are_one_file() -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,26 @@ async def test_errors_reach_the_agent_typed() -> None:
         assert await k.spawn(probe, name="mallory").wait() == [
             "PathInvalid", "PermissionDenied", "PermissionDenied", "StorageNotFound",
             "StorageConflict", "QuotaExceeded", "InvalidSyscall"]
+
+
+@pytest.mark.parametrize(("call", "error", "named"), [
+    (lambda s: s.write("\ud800.txt", "x"), aios.PathInvalid, "lone surrogate (U+D800)"),
+    (lambda s: s.write("s.txt", "ok \ud800"), aios.InvalidSyscall,
+     "lone surrogate (U+D800) at index 3"),
+    (lambda s: s.read_text("b.bin"), aios.StorageError, "'b.bin' is not UTF-8 text (byte 0"),
+    (lambda s: s.write("dir/", "x"), aios.PathInvalid, "'dir/' ends with '/'"),
+    (lambda s: s.write("b.bin/x", "x"), aios.PathInvalid, "'b.bin' is a file"),
+    (lambda s: s.write("agent:alice", "x"), aios.PathInvalid, "expected 'agent:<name>/<file>'"),
+])
+async def test_bad_input_is_a_typed_error_naming_it(call: Any, error: type[Exception],
+                                                    named: str) -> None:
+    async def agent(ctx: aios.Context) -> None:
+        await ctx.storage.write("b.bin", b"\xff\xfe binary")
+        with pytest.raises(error, match=re.escape(named)):
+            await call(ctx.storage)
+
+    async with kernel() as k:
+        await k.spawn(agent, name="alice").wait()
 
 
 async def test_bulk_writes_do_not_starve_a_read() -> None:
@@ -146,3 +168,28 @@ def test_storage_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["storage", "import", str(src), "alice",
                  "--state", str(tmp_path / "s.db")]) == 2
     assert "symlink" in capsys.readouterr().err
+
+
+def test_storage_command_refuses_before_touching_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "new.db"
+    assert main(["storage", "import", str(tmp_path / "nonexistent"), "alice",
+                 "--state", str(state)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == []  # no state database, no lock file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.md").write_text("fine")
+    assert main(["storage", "import", str(src), "alice", "--state", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["storage", "export", "nobody", str(tmp_path / "o"),
+                 "--state", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no storage space 'nobody'" in err
+    assert not (tmp_path / "o").exists()
+
+    (src / os.fsdecode(b"bad\xff.txt")).write_text("x")
+    assert main(["storage", "import", str(src), "bob", "--state", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "b'bad\\xff.txt': the file name is not valid UTF-8" in err

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from aios.errors import ConfigError, InvalidSyscall
 from aios.syscalls.memory import MemoryHit
 
 if TYPE_CHECKING:
@@ -53,8 +54,9 @@ class Conversation:
         name: str = "default",
         count_tokens: Callable[[str], int] = estimate_tokens,
     ) -> None:
-        if budget_tokens < 1 or keep_last < 1:
-            raise ValueError("budget_tokens and keep_last must be >= 1")
+        for key, value in (("budget_tokens", budget_tokens), ("keep_last", keep_last)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"must be an integer >= 1, got {value!r}", key=key)
         self._memory: MemoryClient = getattr(memory, "memory", memory)
         self.system = system
         self.budget_tokens = budget_tokens
@@ -83,7 +85,7 @@ class Conversation:
     async def extend(self, messages: Sequence[dict[str, Any]]) -> None:
         for m in messages:
             if not isinstance(m, dict) or "role" not in m:
-                raise ValueError(f"a message must be a dict with a 'role', got {m!r}")
+                raise InvalidSyscall(f"a message must be a dict with a 'role', got {m!r}")
             self._live.append(dict(m))
         await self._spill()
 

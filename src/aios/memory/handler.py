@@ -47,7 +47,7 @@ from aios.errors import (
 )
 from aios.memory.base import MemoryStore
 from aios.memory.ram import LRUK, Cached, RamTier
-from aios.memory.store import SQLiteMemoryStore, metadata_json
+from aios.memory.store import SQLiteMemoryStore, check_utf8, metadata_json
 from aios.scheduler.queue import ResourceQueue
 from aios.syscalls.memory import (
     MemoryAdd,
@@ -199,6 +199,7 @@ class MemoryHandler(SyscallHandler):
         ns = self._namespace(sc, call.namespace, write=False)
         if not call.query.strip():
             raise MemoryStoreError("memory.search: the query is empty", syscall=call)
+        check_utf8(call.query, "memory.search: the query")
         if call.filter is not None:
             metadata_json(call.filter, "filter")  # JSON values only; the store checks their types
         tier = self._tiers.get(ns)
@@ -224,6 +225,7 @@ class MemoryHandler(SyscallHandler):
     def _check_text(self, text: str) -> str:
         if not text.strip():
             raise MemoryStoreError("memory text is empty")
+        check_utf8(text, "memory text")
         n = len(text.encode("utf-8"))
         if n > self.config.max_text_bytes:
             raise MemoryStoreError(f"memory text is {n} bytes, more than memory.max_text_bytes "

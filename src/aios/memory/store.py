@@ -59,8 +59,8 @@ from aios.errors import MemoryStoreError
 from aios.memory.base import MemoryStore
 from aios.syscalls.memory import MemoryHit, MemoryItem
 
-__all__ = ["SCHEMA_VERSION", "SQLiteMemoryStore", "fetch_in", "filter_sql", "fts_query",
-           "metadata_json", "query_words"]
+__all__ = ["SCHEMA_VERSION", "SQLiteMemoryStore", "check_utf8", "fetch_in", "filter_sql",
+           "fts_query", "metadata_json", "query_words"]
 
 SCHEMA_VERSION = 2
 COMPONENT = "memory"
@@ -237,10 +237,23 @@ def metadata_json(metadata: Mapping[str, Any] | None, what: str = "metadata") ->
     if not metadata:
         return "{}"
     try:
-        return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise MemoryStoreError(f"{what} is not JSON: {exc}") from None
+    return check_utf8(text, what)
+
+
+def check_utf8(text: str, what: str) -> str:
+    """``text`` if it can be stored as UTF-8; MemoryStoreError naming the first lone
+    surrogate (a ``\\ud800``-style code point that no UTF-8 text can hold) if not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MemoryStoreError(
+            f"{what} holds a lone surrogate {text[exc.start]!r} (U+{ord(text[exc.start]):04X})"
+            f" at index {exc.start}: not valid Unicode text") from None
+    return text
 
 
 def filter_sql(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:

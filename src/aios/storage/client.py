@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from aios.errors import InvalidSyscall
+from aios.errors import InvalidSyscall, StorageError
 from aios.syscalls.storage import (
     FileInfo,
     FileVersion,
@@ -57,7 +57,7 @@ class StorageClient:
         """Write ``data`` (text is stored as UTF-8) as a new version of ``path``.
         ``if_version``: fail with ``StorageConflict`` unless the current version is this
         one (0: the path was never written)."""
-        raw = data.encode("utf-8") if isinstance(data, str) else data
+        raw = _utf8(data) if isinstance(data, str) else data
         result: FileVersion = await self._call(StorageWrite, path=path, data=raw,
                                                if_version=if_version)
         return result
@@ -68,8 +68,15 @@ class StorageClient:
         return result
 
     async def read_text(self, path: str, *, version: int | None = None) -> str:
-        """:meth:`read`, decoded as UTF-8."""
-        return (await self.read(path, version=version)).decode("utf-8")
+        """:meth:`read`, decoded as UTF-8 (``StorageError`` naming the path if the file
+        is not UTF-8 text: read it with :meth:`read`)."""
+        data = await self.read(path, version=version)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"{path!r} is not UTF-8 text (byte {exc.start}: "
+                               f"{data[exc.start:exc.start + 1]!r}); read it as bytes with "
+                               "ctx.storage.read") from None
 
     async def list(self, prefix: str = "", *, deleted: bool = False) -> builtins.list[FileInfo]:
         """Files under the directory ``prefix``, sorted by path (``deleted``: include
@@ -100,3 +107,14 @@ class StorageClient:
         """The ``k`` text files (own and group space) that best match ``query``."""
         result: builtins.list[StorageHit] = await self._call(StorageSearch, query=query, k=k)
         return result
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; InvalidSyscall naming a lone surrogate, which UTF-8 cannot hold."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidSyscall(
+            f"StorageWrite.data: the text holds a lone surrogate (U+{ord(text[exc.start]):04X})"
+            f" at index {exc.start}, which UTF-8 cannot store; pass bytes for binary data"
+        ) from None

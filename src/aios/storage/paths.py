@@ -6,7 +6,9 @@ ever holds canonical, relative, ``/``-separated paths:
 * Unicode NFC (two spellings of one name are one file: ``"e\\u0301"`` is ``"\\u00e9"``);
 * no absolute paths, no ``..`` component (rejected, not resolved: a path that needs
   ``..`` is a mistake worth naming), no backslashes, no control characters (NUL
-  included), no empty path; ``.`` components and repeated or trailing ``/`` are dropped;
+  included), no lone surrogates, no empty path; ``.`` components and repeated ``/`` are
+  dropped; a trailing ``/`` is refused in a file's path (it names a directory) and
+  dropped in a listing's prefix;
 * at most ``max_path_bytes`` UTF-8 bytes in all and 255 per component.
 
 Spaces (namespaces): a plain path is in the caller's own space, keyed by its agent
@@ -63,9 +65,13 @@ def normalize(path: str, *, max_bytes: int = 1024, allow_empty: bool = False) ->
         raise PathInvalid(f"a path must be a string, got {type(path).__name__}")
     path = unicodedata.normalize("NFC", path)
     for ch in path:
-        if unicodedata.category(ch) == "Cc":
+        cat = unicodedata.category(ch)
+        if cat == "Cc":
             raise PathInvalid(f"path {_short(path)} holds a control character "
                               f"(U+{ord(ch):04X})")
+        if cat == "Cs":
+            raise PathInvalid(f"path {_short(path)} holds a lone surrogate (U+{ord(ch):04X}): "
+                              "not valid Unicode, so not storable as UTF-8")
     if "\\" in path:
         raise PathInvalid(f"path {_short(path)} holds a backslash: use '/' to separate")
     if path.startswith("/"):
@@ -81,6 +87,9 @@ def normalize(path: str, *, max_bytes: int = 1024, allow_empty: bool = False) ->
     out = "/".join(parts)
     if not out and not allow_empty:
         raise PathInvalid(f"path {path!r} is empty")
+    if path.endswith("/") and not allow_empty:
+        raise PathInvalid(f"path {_short(path)} ends with '/': it names a directory, not a "
+                          "file")
     size = len(out.encode())
     if size > max_bytes:
         raise PathInvalid(f"path {_short(out)} is {size} bytes long (at most {max_bytes})")
@@ -103,9 +112,12 @@ def resolve(sc: SyscallContext, path: str, *, max_bytes: int = 1024,
             if path.startswith(marker):
                 head, _, rest = path.partition("/")
                 name = unicodedata.normalize("NFC", head[len(marker):])
-                if not name or any(unicodedata.category(c) == "Cc" for c in name):
+                if not name or any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
                     raise PathInvalid(f"path {_short(path)}: {marker} needs a name, as "
                                       f"'{marker}<name>/file'")
+                if not rest and not allow_empty:
+                    raise PathInvalid(f"path {_short(path)} names no file: expected "
+                                      f"'{marker}<name>/<file>'")
                 prefix = f"{marker}{name}/"
                 namespace = f"{GROUP_PREFIX}{name}" if marker == GROUP_PREFIX else name
                 path = rest

@@ -38,7 +38,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aios.errors import QuotaExceeded, StorageConflict, StorageError, StorageNotFound
+from aios.errors import (
+    PathInvalid,
+    QuotaExceeded,
+    StorageConflict,
+    StorageError,
+    StorageNotFound,
+)
 from aios.storage.base import StorageStore
 from aios.syscalls.storage import FileInfo, FileVersion, StorageHit
 
@@ -289,6 +295,8 @@ class SQLiteStore(StorageStore):
             raise StorageConflict(f"{path!r} is at version {current}, not {if_version}",
                                   current=current)
         was_live = row is not None and not row[4]
+        if blob is not None and not was_live:
+            self._check_tree(conn, ns, path)
         self._check_quota(conn, ns, old=row[2] if was_live and row else 0,
                           new=size, files=int(blob is not None) - int(was_live))
         version, deleted = current + 1, blob is None
@@ -314,6 +322,27 @@ class SQLiteStore(StorageStore):
         self._retain(conn, file_id, version, now)
         return FileVersion(path=path, version=version, size=size, sha256=blob or "",
                            time=_when(now), deleted=deleted, author=author)
+
+    @staticmethod
+    def _check_tree(conn: sqlite3.Connection, ns: str, path: str) -> None:
+        """PathInvalid if a live file would be both a file and a directory: a live file
+        at a parent directory of ``path`` (``a`` for ``a/b``), or live files under
+        ``path/``. A space must stay a tree so that it can be exported to a real one."""
+        parents = [path[:i] for i, ch in enumerate(path) if ch == "/"]
+        if parents:
+            marks = ",".join("?" * len(parents))
+            hit = conn.execute(f"SELECT path FROM storage_files WHERE ns = ? AND deleted = 0 "
+                               f"AND path IN ({marks}) LIMIT 1", (ns, *parents)).fetchone()
+            if hit:
+                raise PathInvalid(f"cannot write {path!r}: {hit[0]!r} is a file, so it "
+                                  "cannot also be a directory")
+        # '0' is the character after '/': the range holds exactly the paths under path/.
+        hit = conn.execute("SELECT path FROM storage_files WHERE ns = ? AND deleted = 0 "
+                           "AND path >= ? AND path < ? LIMIT 1",
+                           (ns, path + "/", path + "0")).fetchone()
+        if hit:
+            raise PathInvalid(f"cannot write {path!r}: {path!r} is the directory of "
+                              f"{hit[0]!r}, so it cannot also be a file")
 
     def _check_quota(self, conn: sqlite3.Connection, ns: str, *, old: int, new: int,
                      files: int) -> None:

@@ -20,7 +20,13 @@ import anyio
 import anyio.to_thread
 
 from aios.config import KernelConfig
-from aios.errors import ConfigError, PathInvalid, QuotaExceeded, StorageError
+from aios.errors import (
+    ConfigError,
+    PathInvalid,
+    QuotaExceeded,
+    StorageError,
+    StorageNotFound,
+)
 from aios.plugins import PluginRegistry
 from aios.state import StateDB
 from aios.storage.base import StorageStore
@@ -41,9 +47,13 @@ class Transfer:
 async def export_space(store: StorageStore, namespace: str, directory: str | os.PathLike[str],
                        ) -> Transfer:
     """Write the live files of ``namespace`` under ``directory`` (created if missing;
-    existing files of the same names are overwritten)."""
+    existing files of the same names are overwritten). ``StorageNotFound`` if no file
+    was ever written in ``namespace`` (most likely a misspelt name)."""
     root = await anyio.Path(directory).resolve()
     infos = await store.list(namespace)
+    if not infos and not await store.list(namespace, deleted=True):
+        raise StorageNotFound(f"no storage space {namespace!r}: no file was ever written "
+                              "there (a space is an agent's name, or group:<g>)")
     names = {i.path for i in infos}
     for name in names:
         parent = name.rpartition("/")[0]
@@ -93,6 +103,11 @@ def _scan(root: Path, max_path_bytes: int) -> list[tuple[str, Path]]:
         for fname in sorted(filenames):
             p = Path(dirpath) / fname
             rel = p.relative_to(root).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PathInvalid(f"{os.fsencode(rel)!r}: the file name is not valid UTF-8 "
+                                  "(rename it to import it)") from None
             if p.is_symlink() or not p.is_file():
                 raise PathInvalid(f"{rel!r} is not a regular file (symlinks and devices "
                                   "cannot be imported)")
@@ -136,6 +151,9 @@ def run_storage_command(args: argparse.Namespace) -> int:
                           "state_path in the config", key="state_path")
     if args.storage_command == "export" and not Path(state).is_file():
         raise ConfigError(f"no state database at {state}", key="state_path")
+    # Checked before the state database is opened, which would create it (and its lock).
+    if args.storage_command == "import" and not Path(args.directory).is_dir():
+        raise StorageError(f"not a directory: {args.directory}")
     namespace = args.namespace
     if not namespace or "/" in namespace:
         raise ConfigError(f"a namespace is an agent's name or group:<g>, got {namespace!r}")
