@@ -135,7 +135,8 @@ async def test_no_approver_means_deny_and_allow_all_approves() -> None:
 
 
 def test_reading_answers() -> None:
-    assert read(True).approved and read("approve").approved and read("Yes").approved
+    assert read(True).approved and read("approve").approved
+    assert not read("Yes").approved and read("Yes").reason == "Yes"  # only "approve" approves
     assert not read("deny").approved and read("deny").reason == "deny"
 
     class Legacy:

@@ -8,6 +8,7 @@ fake process, so these tests need no LLM; test_tools_kernel.py runs it in a kern
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from aios.config import KernelConfig, SchedulerConfig, ToolsConfig
 from aios.errors import (
     ApprovalDenied,
     ConfigError,
+    InvalidSyscall,
     ToolArgumentsInvalid,
     ToolFailed,
     ToolNotFound,
@@ -222,6 +224,22 @@ def test_signatures_that_cannot_be_a_schema_are_refused() -> None:
         tool(name="t", timeout_s=0)(lambda: 1)
 
 
+async def _ctx_later(x: int, ctx: aios.Context) -> int:
+    return x
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (lambda: tool(_ctx_later), "'ctx' is a Context: the Context must be the first parameter"),
+    (lambda: tool(name="t", timeout_s=float("nan"))(lambda: 1), "finite number of seconds"),
+    (lambda: tool(name="t", timeout_s=float("inf"))(lambda: 1), "got inf"),
+    (lambda: tool(name="t", timeout_s=-1)(lambda: 1), "> 0, got -1"),
+    (lambda: tool(name="t", timeout_s="5")(lambda: 1), "got '5'"),
+])
+def test_bad_tool_definitions_are_config_errors(make: Any, named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        make()
+
+
 # -- calling tools --------------------------------------------------------------------
 
 
@@ -269,6 +287,28 @@ async def test_specs_list_all_or_the_named_tools() -> None:
 
 
 # -- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("call", "error", "named"), [
+    (lambda c: c.call("word_count", [1]), ToolArgumentsInvalid,
+     "arguments must be a mapping of parameter names to values"),
+    (lambda c: c.call("word_count", 5), ToolArgumentsInvalid, "got int 5"),
+    (lambda c: c.specs(names=[1]), InvalidSyscall, "names must be a list of tool names"),
+    (lambda c: c.specs(names=5), InvalidSyscall, "got 5"),
+    (lambda c: c.run(None), InvalidSyscall, "tool_calls must be a list"),
+    (lambda c: c.run("word_count"), InvalidSyscall, "got str"),
+    (lambda c: c.run([5]), InvalidSyscall, "tool_calls.0 must be"),
+])
+async def test_bad_client_arguments_are_typed_errors(call: Any, error: type[Exception],
+                                                     named: str) -> None:
+    async with harness([word_count]) as h:
+        with pytest.raises(error, match=re.escape(named)):
+            await call(h.client())
+
+
+async def test_specs_takes_a_single_name_as_one_name() -> None:
+    async with harness([word_count, mixed_types]) as h:
+        assert await h.client().specs("word_count") == [word_count.spec.openai()]
 
 
 async def test_unknown_tool_names_close_matches() -> None:
@@ -404,8 +444,13 @@ async def test_irreversible_calls_are_denied_without_an_approver() -> None:
     assert ei.value.reason == "no approver"
 
 
-@pytest.mark.parametrize(("answer", "ok"), [(True, True), ("approve", True), (False, False),
-                                             ("deny", False), (None, False)])
+@pytest.mark.parametrize(("answer", "ok"), [
+    (True, True), ("approve", True), (aios.ApprovalDecision.approve(), True),
+    (False, False), ("deny", False), (None, False),
+    # only exactly True or "approve" approve: no other spelling, no truthy value
+    ("yes", False), ("approved", False), ("Approve", False), (" approve", False),
+    ("allow", False), (1, False), ("", False),
+])
 async def test_an_approver_decides(answer: Any, ok: bool) -> None:
     seen: list[Any] = []
 

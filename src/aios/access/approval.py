@@ -2,11 +2,12 @@
 
 An approver is ``aios.Kernel(..., approver=fn)``: an async callable receiving an
 :class:`ApprovalRequest` and answering with an :class:`ApprovalDecision` (approve, deny
-with a reason the agent sees, or approve with edited arguments); ``True``/``"approve"``
-and ``False``/``"deny"``/any other string (the reason) are read too. Anything else is a
-denial, as is no approver (default deny), no answer within ``tools.approval_timeout_s``,
-or an approver that raises: where in doubt, the call does not run. :func:`ask` only
-decides; it never runs the tool, and the caller holds no slot while it waits.
+with a reason the agent sees, or approve with edited arguments); ``True`` and exactly
+``"approve"`` approve too, ``False``/``"deny"``/any other string (the reason) deny.
+Anything else is a denial, as is no approver (default deny), no answer within
+``tools.approval_timeout_s``, or an approver that raises: where in doubt, the call does
+not run. :func:`ask` only decides; it never runs the tool, and the caller holds no slot
+while it waits.
 
 :func:`terminal_approver` asks on the terminal (``aios run --approve ask``).
 """
@@ -110,7 +111,9 @@ def read(answer: Any) -> ApprovalDecision:
     if isinstance(answer, bool):
         return ApprovalDecision(approved=answer)
     if isinstance(answer, str):
-        ok = answer.strip().lower() in ("approve", "approved", "allow", "yes", "y")
+        # Exactly "approve": a "yes", "ok" or "approved" is a denial (with that reason),
+        # so that no spelling approves by accident.
+        ok = answer == "approve"
         return ApprovalDecision(approved=ok, reason=None if ok else answer)
     approved = getattr(answer, "approved", None)
     if isinstance(approved, bool):

@@ -39,7 +39,13 @@ class ToolsClient:
         """The OpenAI ``tools`` list of the tools this agent may call (only ``names``
         when given; :class:`aios.ToolNotFound` for an unknown one). Pass it as
         ``ctx.llm.chat(..., tools=await ctx.tools.specs())``."""
-        syscall = ToolSpecs(names=None if names is None else tuple(names))
+        if isinstance(names, str):
+            names = (names,)  # one name, not its letters
+        try:
+            syscall = ToolSpecs(names=None if names is None else tuple(names))
+        except (TypeError, ValidationError) as exc:
+            raise InvalidSyscall(f"tools.specs: names must be a list of tool names (str), "
+                                 f"got {names!r}") from exc
         return await self._door.call(self._proc, syscall)  # type: ignore[no-any-return]
 
     async def call(self, name: str, arguments: Mapping[str, Any] | str | None = None, *,
@@ -49,8 +55,19 @@ class ToolsClient:
         Raises :class:`aios.ToolNotFound`, :class:`aios.ToolArgumentsInvalid` (naming
         each bad field), :class:`aios.ToolTimeout`, :class:`aios.ToolFailed`,
         :class:`aios.ApprovalDenied`."""
-        args: dict[str, Any] | str = (
-            arguments if isinstance(arguments, str) else dict(arguments or {}))
+        args: dict[str, Any] | str
+        if isinstance(arguments, str):
+            args = arguments
+        elif arguments is None:
+            args = {}
+        elif isinstance(arguments, Mapping):
+            args = dict(arguments)
+        else:
+            raise ToolArgumentsInvalid(
+                f"tool {name!r}: arguments must be a mapping of parameter names to values "
+                f"(or the model's JSON text), got {type(arguments).__name__} {arguments!r}",
+                tool=str(name), errors=[{"loc": "", "msg": "must be an object",
+                                         "type": "dict_type"}])
         try:
             syscall = ToolCall(name=name, arguments=args, call_id=call_id)
         except ValidationError as exc:
@@ -68,7 +85,11 @@ class ToolsClient:
         the tool raised, timed out or was not approved) is answered with a message
         saying so, so the model can correct itself; other errors (cancellation, a
         kernel that closed, a quota) propagate."""
-        calls = [_request(c) for c in tool_calls]
+        if isinstance(tool_calls, (str, bytes, Mapping)) or not isinstance(tool_calls,
+                                                                            Sequence):
+            raise InvalidSyscall(f"tools.run: tool_calls must be a list (a reply's "
+                                 f"tool_calls), got {type(tool_calls).__name__}")
+        calls = [_request(i, c) for i, c in enumerate(tool_calls)]
         out: list[dict[str, Any]] = [{} for _ in calls]
         failures: list[Exception] = []
 
@@ -96,10 +117,16 @@ class ToolsClient:
         return out
 
 
-def _request(c: ToolCallRequest | Mapping[str, Any]) -> ToolCallRequest:
-    """A ToolCallRequest from one, or from an OpenAI ``tool_calls`` entry."""
+def _request(i: int, c: ToolCallRequest | Mapping[str, Any]) -> ToolCallRequest:
+    """A ToolCallRequest from one, or from an OpenAI ``tool_calls`` entry (``i``: its
+    index, named in the error if it is neither)."""
     if isinstance(c, ToolCallRequest):
         return c
-    fn = c.get("function") or {}
+    fn = c.get("function") if isinstance(c, Mapping) else None
+    if not isinstance(c, Mapping) or not isinstance(fn or {}, Mapping):
+        raise InvalidSyscall(f"tools.run: tool_calls.{i} must be a ToolCallRequest or an "
+                             f"OpenAI tool call {{'id', 'function': {{'name', 'arguments'}}}}"
+                             f", got {c!r}")
+    fn = fn or {}
     return ToolCallRequest(id=str(c.get("id", "")), name=str(fn.get("name", c.get("name", ""))),
                            arguments=str(fn.get("arguments", c.get("arguments", "")) or ""))

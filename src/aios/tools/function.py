@@ -12,6 +12,7 @@ own: the kernel's handler does, under its queue and timeout.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -45,8 +46,11 @@ class Tool:
             raise ConfigError(
                 f"tool name {name!r} is not a valid OpenAI function name "
                 "(1-64 letters, digits, '_' or '-')", key="tools")
-        if timeout_s is not None and timeout_s <= 0:
-            raise ConfigError(f"tool {name!r}: timeout_s must be > 0", key="tools")
+        if timeout_s is not None and not (
+                isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)
+                and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ConfigError(f"tool {name!r}: timeout_s must be a finite number of seconds "
+                              f"> 0, got {timeout_s!r}", key="tools")
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"tool {name!r}: max_concurrency must be >= 1", key="tools")
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -186,7 +190,10 @@ def _signature_model(fn: Callable[..., Any], name: str) -> tuple[str | None, typ
     context_param: str | None = None
     for i, p in enumerate(inspect.signature(fn).parameters.values()):
         hint = hints.get(p.name, Any)
-        if i == 0 and isinstance(hint, type) and issubclass(hint, Context):
+        if isinstance(hint, type) and issubclass(hint, Context):
+            if i != 0:
+                raise ConfigError(f"tool {name!r}: parameter {p.name!r} is a Context: the "
+                                  "Context must be the first parameter", key="tools")
             context_param = p.name
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
