@@ -120,6 +120,23 @@ async def test_stream_must_be_used_inside_async_with() -> None:
         assert not k.llm_resources()["default"].queue.running
 
 
+async def test_a_stream_misused_is_invalid_syscall_not_a_runtime_error() -> None:
+    async def early_result(ctx: aios.Context) -> str:
+        async with ctx.llm.stream(MSG) as s:
+            return s.result.text  # before the loop: not finished
+
+    async def entered_twice(ctx: aios.Context) -> None:
+        async with ctx.llm.stream(MSG) as s, s:
+            pass
+
+    async with aios.Kernel(cfg(), backends={"default": ScriptedLLM(default="a b")}) as k:
+        with pytest.raises(aios.InvalidSyscall, match="has not finished yet"):
+            await k.spawn(early_result).wait()
+        with pytest.raises(aios.InvalidSyscall, match="already entered"):
+            await k.spawn(entered_twice).wait()
+        assert not k.llm_resources()["default"].queue.running
+
+
 async def test_a_stream_left_early_frees_its_slot_at_once() -> None:
     backend = ScriptedLLM(default=" ".join(["w"] * 50), token_delay=0.001)
 
@@ -265,6 +282,12 @@ def test_a_lent_backend_must_be_a_backend() -> None:
     (MSG, {"max_token": 3}, "unknown argument.*max_token"),
     (MSG, {"max_completion_tokens": 3}, "unknown argument.*max_completion_tokens"),
     ([], {}, "messages"),
+    (MSG, {"tools": [{"x": 1}]}, r"tools\.0: .*\{\"type\": \"function\""),
+    (MSG, {"tools": [{"type": "function", "function": {"description": "no name"}}]},
+     r"tools\.0"),
+    (MSG, {"max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
+    (MSG, {"max_tokens": 5.0}, "max_tokens: Input should be a valid integer"),
+    (MSG, {"seed": "1"}, "seed: Input should be a valid integer"),
 ])
 async def test_bad_llm_input_is_refused_at_the_door_before_any_backend(
     messages: list[dict[str, Any]], kw: dict[str, Any], match: str

@@ -663,6 +663,24 @@ async def test_the_sim_refuses_json_mode_at_the_door() -> None:
         assert k.llm_resources()["default"].queue.admissions == 0
 
 
+@pytest.mark.parametrize("part", [
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+])
+async def test_the_sim_refuses_content_it_cannot_read_at_the_door(part: dict[str, Any]) -> None:
+    cfg = aios.KernelConfig(llm=[aios.LLMConfig(options={"time_scale": 0})])
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
+
+    async def agent(ctx: aios.Context) -> None:
+        await ctx.llm.chat(msgs)
+
+    async with aios.Kernel(cfg) as k:
+        with pytest.raises(InvalidSyscall, match=rf"messages\.0\.content: '{part['type']}' "
+                                                 "parts are not supported by the sim"):
+            await k.spawn(agent).wait()
+        assert k.llm_resources()["default"].queue.admissions == 0
+
+
 async def test_tool_choice_that_cannot_be_honoured_is_refused_and_required_is_followed(
 ) -> None:
     cfg = aios.KernelConfig(llm=[aios.LLMConfig(options={"time_scale": 0})])

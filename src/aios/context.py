@@ -41,11 +41,15 @@ class LLMStream:
         self._opener = opener
         self._events: AsyncIterator[Any] | None = None
         self._result: ChatResult | None = None
+        self._entered = False
 
     @property
     def result(self) -> ChatResult:
+        """The full :class:`ChatResult`, once the ``async for`` loop has ended
+        (:class:`InvalidSyscall` before)."""
         if self._result is None:
-            raise RuntimeError("the stream has not finished yet")
+            raise InvalidSyscall("the stream has not finished yet: read s.result after "
+                                 "the `async for delta in s` loop has ended")
         return self._result
 
     def __aiter__(self) -> LLMStream:
@@ -63,6 +67,11 @@ class LLMStream:
             self._result = item
 
     async def __aenter__(self) -> LLMStream:
+        if self._entered:
+            raise InvalidSyscall("this ctx.llm.stream(...) was already entered: a stream is "
+                                 "one generation, entered once (call ctx.llm.stream again "
+                                 "for another)")
+        self._entered = True
         self._events = await self._opener.__aenter__()
         return self
 

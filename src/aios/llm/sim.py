@@ -1019,9 +1019,16 @@ class SimBackend(LLMBackend):
         return self.engine.stream(request)
 
     def check(self, call: LLMChat) -> None:
-        """The sim generates words: it cannot follow a JSON mode or schema (refused, never
-        answered with prose). Forced tool calls (``tool_choice`` required or named) it
-        does follow."""
+        """The sim generates words: it cannot follow a JSON mode or schema, nor see an
+        image or hear audio (refused, never answered with prose). Forced tool calls
+        (``tool_choice`` required or named) it does follow."""
+        for i, m in enumerate(call.messages):
+            content = m.get("content")
+            if isinstance(content, list):  # text-only parts were joined into a string
+                kinds = sorted({str(p.get("type")) for p in content} - {"text"})
+                raise InvalidSyscall(
+                    f"messages.{i}.content: {', '.join(map(repr, kinds))} parts are not "
+                    "supported by the sim backend (it reads text only)", syscall=call)
         fmt = call.response_format
         if fmt is not None and fmt.get("type", "text") != "text":
             raise InvalidSyscall(

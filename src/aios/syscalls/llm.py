@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 __all__ = [
     "ChatResult",
@@ -20,6 +20,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """One entry of ``tools`` in OpenAI's shape: ``{"type": "function", "function":
+    {"name": str, "description"?: str, "parameters"?: JSON schema}}``."""
+    fn = tool.get("function")
+    if tool.get("type") != "function" or not isinstance(fn, dict) or not (
+            isinstance(fn.get("name"), str) and fn["name"]):
+        raise ValueError('a tool must be {"type": "function", "function": {"name": str, '
+                         f'...}}}} (as ctx.tools.specs() gives), got {tool!r:.200}')
+    return tool
+
+
 class LLMChat(_Frozen):
     """Ask an LLM resource for one chat completion.
 
@@ -30,12 +41,13 @@ class LLMChat(_Frozen):
     kind: Literal["llm.chat"] = "llm.chat"
     llm: str = "default"
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    # Strict: a "5" or a 5.0 is a mistake to name, not a value to convert.
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: list[str] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    seed: StrictInt | None = None
+    tools: list[Annotated[dict[str, Any], AfterValidator(_check_tool)]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
