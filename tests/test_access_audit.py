@@ -101,6 +101,13 @@ async def test_queries_filter_and_rows_outlive_the_kernel(tmp_path: Path) -> Non
                                    for r in every)
 
 
+@pytest.mark.parametrize("since", ["yesterday", "1h", True, None.__class__])
+async def test_audit_since_must_be_unix_seconds(since: object) -> None:
+    async with aios.Kernel(aios.KernelConfig(), backends={"default": ScriptedLLM()}) as k:
+        with pytest.raises(aios.InvalidSyscall, match="since must be Unix seconds"):
+            await k.audit(since=since)  # type: ignore[arg-type]
+
+
 async def test_the_log_is_append_only(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     await run_busy(path)

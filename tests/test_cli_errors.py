@@ -158,6 +158,7 @@ def test_run_agent_that_cannot_take_the_arguments(
     (["-n", "-3"], "at least 1, got -3"),
     (["-n", "0"], "at least 1, got 0"),
     (["-n", "two"], "'two' is not an integer"),
+    (["-n", "100000"], "at most 10,000 agents, got 100,000"),
 ])
 def test_run_bad_numbers(capsys: pytest.CaptureFixture[str], agent_file: Path,
                          argv: list[str], match: str) -> None:
@@ -206,6 +207,24 @@ def test_run_unknown_policy_before_the_agent_runs(
 
 
 # -- bench --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    # the value parsed (an age "5 hours ago"), so the error is about the missing state
+    (["--since", "-5h"], "aios: error: --state: state database not found"),
+    (["--since=-5h"], "aios: error: --state: state database not found"),
+    (["--since", "-1.5d"], "aios: error: --state: state database not found"),
+    (["--since", "-5x"], "--since '-5x': give Unix seconds"),
+])
+def test_audit_since_takes_a_negative_age(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                          argv: list[str], match: str) -> None:
+    line = one_error(capsys, "audit", "--state", str(tmp_path / "none.db"), *argv)
+    assert match in line, line
+
+
+def test_sim_serve_engine_errors_say_error(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_error(capsys, "sim-serve", "--port", "0", "--slots", "0")
+    assert line.startswith("aios sim-serve: error: slots:"), line
 
 
 def test_bench_zero_agents(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import socket
 import sys
 import time
@@ -283,6 +284,40 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_AGENTS = 10_000
+"""The most agents ``aios run -n`` spawns: each is a task with a live view row; more is
+a benchmark's job (``aios bench``), not a command line's."""
+
+
+def agent_count(text: str) -> int:
+    """``-n``: an integer from 1 to :data:`MAX_AGENTS`."""
+    value = positive_int(text)
+    if value > MAX_AGENTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_AGENTS:,} agents, got {value:,}")
+    return value
+
+
+_AGE = re.compile(r"-\d+(?:\.\d+)?[smhd]")
+
+
+def _since_args(argv: list[str]) -> list[str]:
+    """``aios audit --since -5h``: argparse takes a value starting with '-' for an option
+    ("expected one argument"), so a value of ``--since`` that starts with a minus and a
+    digit is glued to it; an age written with a minus ("5 hours ago") is read as the age
+    it means (``--since -5h`` = ``--since=-5h`` = ``--since 5h``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--since" and i + 1 < len(argv) and re.match(r"-\d", argv[i + 1]):
+            arg, i = f"--since={argv[i + 1]}", i + 1
+        if arg.startswith("--since=") and _AGE.fullmatch(arg[8:].strip()):
+            arg = f"--since={arg[8:].strip()[1:]}"
+        out.append(arg)
+        i += 1
+    return out
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers (``--priorities 2,0,1``)."""
     values = []
@@ -312,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run agents on a kernel")
     run.add_argument("agent", help="path/file.py:function or module:function")
     run.add_argument("args", nargs="*", default=[], help="arguments passed to every agent")
-    run.add_argument("-n", type=positive_int, default=1, help="how many agents to spawn")
+    run.add_argument("-n", type=agent_count, default=1,
+                     help=f"how many agents to spawn (1 to {MAX_AGENTS:,})")
     run.add_argument("--config", help="TOML config file (default: $AIOS_CONFIG or embedded)")
     run.add_argument("--policy", help="scheduling policy (overrides the config)")
     run.add_argument("--priorities", type=int_list,
@@ -363,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aios`` command. Any error is one line on stderr and exit code 2 (with
     ``--debug``, after its traceback); an interrupt is 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "audit":
+        argv = _since_args(argv)
     args = build_parser().parse_args(argv)
     args.command_line = "aios " + " ".join(argv)
     try:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from aios.errors import ApprovalDenied, QuotaExceeded
+from aios.errors import ApprovalDenied, InvalidSyscall, QuotaExceeded
 
 if TYPE_CHECKING:
     from aios.config import AccessConfig
@@ -255,6 +255,9 @@ def query_sql(*, agent: str | None = None, denied: bool = False, since: float | 
         where.append(f"decision IN ({', '.join('?' * len(DENIED))})")
         params.extend(DENIED)
     if since is not None:
+        if isinstance(since, bool) or not isinstance(since, (int, float)):
+            raise InvalidSyscall(f"audit: since must be Unix seconds (a number), got "
+                                 f"{since!r}")
         where.append("time >= ?")
         params.append(float(since))
     if kind is not None:

@@ -649,7 +649,7 @@ def run_sim_serve(args: argparse.Namespace) -> int:
     try:
         engine_config = engine_config_from_options(options)
     except ConfigError as exc:
-        sys.stderr.write(f"aios sim-serve: {exc}\n")
+        sys.stderr.write(f"aios sim-serve: error: {exc}\n")
         return 2
 
     def on_started(url: str) -> None:
@@ -677,7 +677,7 @@ def run_sim_serve(args: argparse.Namespace) -> int:
     try:
         anyio.run(main)
     except ConfigError as exc:
-        sys.stderr.write(f"aios sim-serve: {exc}\n")
+        sys.stderr.write(f"aios sim-serve: error: {exc}\n")
         return 1
     return 0
 
