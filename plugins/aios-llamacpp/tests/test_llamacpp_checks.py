@@ -48,7 +48,6 @@ async def tiny(tiny_gguf: Path) -> AsyncIterator[LlamaCppBackend]:
         ({"tools": [WEATHER], "tool_choice": {"type": "function",
                                               "function": {"name": "nope"}}},
          "tool_choice.function.name"),
-        ({"tools": [{"type": "retrieval"}]}, "tools[0]"),
         ({"response_format": {"type": "grammar"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"tools": [WEATHER], "tool_choice": "required",
@@ -64,6 +63,12 @@ def test_what_the_model_cannot_do_is_refused_naming_the_field(
     with pytest.raises(InvalidSyscall, match=f"^llamacpp: {re.escape(field)}") as info:
         b.check(chat(**kw))
     assert info.value.syscall is not None
+
+
+def test_a_tool_that_is_not_a_function_is_refused_before_any_backend() -> None:
+    # LLMChat itself refuses it (the door's one validation), so no backend sees it.
+    with pytest.raises(ValueError, match=r"tools\.0"):
+        chat(tools=[{"type": "retrieval"}])
 
 
 def test_what_the_model_can_do_passes_the_check() -> None:
