@@ -430,3 +430,19 @@ async def test_a_stray_cancellation_raised_by_an_agent_fails_only_that_agent() -
             await k.spawn(stray).wait()
         with anyio.fail_after(10):
             assert await k.spawn(ok).wait() == "fine"
+
+
+async def test_a_derived_child_name_owned_by_another_group_is_refused() -> None:
+    async def victim(ctx: aios.Context) -> None:
+        await ctx.storage.write("secret.txt", "swordfish")
+
+    async def attacker(ctx: aios.Context, kernel: aios.Kernel) -> Any:
+        async def reader(cc: aios.Context) -> bytes:
+            return await cc.storage.read("secret.txt")
+
+        return await kernel.spawn(reader, name="alice.bob").wait()
+
+    async with aios.Kernel(cfg(), backends={"default": EchoLLM()}) as k:
+        await k.spawn(victim, name="alice.bob", group="h").wait()
+        with pytest.raises(aios.PermissionDenied, match="belongs to a process of group 'h'"):
+            await k.spawn(attacker, k, name="alice", group="g").wait()

@@ -356,6 +356,12 @@ class Kernel:
         pid = next(self._pids)
         if parent is not None:
             pname = _child_name(parent, name, agent, pid)
+            taken = next((p for p in self._procs.values()
+                          if p.name == pname and p.group != parent.group), None)
+            if taken is not None:
+                raise PermissionDenied(
+                    f"{parent.name!r} (pid {parent.pid}) may not spawn {pname!r}: that name "
+                    f"belongs to a process of group {taken.group!r} (its memory and files)")
         else:
             pname = name or f"{getattr(agent, '__name__', 'agent')}-{pid}"
         default_group = parent.group if parent is not None else pname
