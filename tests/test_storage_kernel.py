@@ -193,3 +193,13 @@ def test_storage_command_refuses_before_touching_anything(
     assert main(["storage", "import", str(src), "bob", "--state", str(state)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "b'bad\\xff.txt': the file name is not valid UTF-8" in err
+
+
+async def test_a_space_prefix_after_dot_slash_is_refused_not_stored() -> None:
+    async def agent(ctx: aios.Context) -> None:
+        await ctx.storage.write("./agent:writer/reports/mine.md", "mine")
+
+    async with aios.Kernel(aios.KernelConfig(),
+                           backends={"default": ScriptedLLM()}) as k:
+        with pytest.raises(aios.PathInvalid, match="may only begin a path"):
+            await k.spawn(agent, name="mallory").wait()

@@ -84,6 +84,11 @@ def normalize(path: str, *, max_bytes: int = 1024, allow_empty: bool = False) ->
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise PathInvalid(f"path component {_short(part)} is longer than "
                               f"{MAX_COMPONENT_BYTES} bytes")
+    if parts and parts[0].startswith((GROUP_PREFIX, AGENT_PREFIX)):
+        # './agent:bob/x' would be stored as 'agent:bob/x' in the caller's own space and
+        # then read back as bob's: a space prefix only counts at the very start.
+        raise PathInvalid(f"path {_short(path)}: {parts[0].split(':')[0]}: may only begin a "
+                          "path (agent:<name>/... or group:<g>/...), not follow './'")
     out = "/".join(parts)
     if not out and not allow_empty:
         raise PathInvalid(f"path {path!r} is empty")
